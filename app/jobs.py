@@ -1,0 +1,74 @@
+"""The contract between the API and the worker: the job payload and the progress it reports.
+
+The API enqueues ``JOB_FUNCTION`` by dotted path with a JSON payload of ``EditJob``; the worker
+validates the payload again with the same model. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+JOB_FUNCTION = "worker.jobs.run_edit"
+
+MAX_SEED = 2**32 - 1
+MAX_TEXT_CHARS = 300
+
+
+class Phase(StrEnum):
+    """What a running edit is doing; reported in ``GET /edits/{id}``."""
+
+    queued = "queued"
+    loading = "loading"  # decoding inputs, encoding the sound
+    editing = "editing"  # the latent optimisation
+    saving = "saving"
+    done = "done"
+
+
+class EditParameters(BaseModel):
+    """The optimiser's knobs (paper Eq. 2); every field is filled before enqueueing."""
+
+    steps: int = Field(ge=1, description="Optimisation steps.")
+    lr: float = Field(gt=0, le=1, description="Adam learning rate (peak of the schedule).")
+    lambda_l2: float = Field(ge=0, le=10, description="Weight of ||w - w_source||² (λ_L2).")
+    lambda_id: float = Field(ge=0, le=10, description="Weight of the identity loss (λ_ID).")
+    truncation: float = Field(gt=0, le=1, description="Truncation ψ for a seed source.")
+    random_seed: int = Field(ge=0, le=MAX_SEED, description="Seed for fresh noise and ties.")
+    text_mode: Literal["mix", "sum"] = Field(
+        description="How a text prompt joins the sound: W+ style mixing or a summed loss."
+    )
+
+
+class SeedSource(BaseModel):
+    kind: Literal["seed"] = "seed"
+    seed: int = Field(ge=0, le=MAX_SEED)
+
+
+class LatentSource(BaseModel):
+    kind: Literal["latent"] = "latent"
+    key: str  # storage key of a float32 .npy of shape (n_latent, w_dim)
+
+
+Source = Annotated[SeedSource | LatentSource, Field(discriminator="kind")]
+
+
+class EditJob(BaseModel):
+    """Everything a worker needs to run one edit; files are storage keys, never bytes."""
+
+    edit_id: str
+    profile: str
+    audio_key: str
+    source: Source
+    text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    params: EditParameters
+
+
+# Names of the files an edit leaves in storage (see ``app.storage.edit_key``).
+AUDIO_FILE = "audio"
+LATENT_IN_FILE = "source_latent.npy"
+RESULT_FILE = "result.png"
+SOURCE_FILE = "source.png"
+LATENT_FILE = "latent.npy"
+REPORT_FILE = "report.json"

@@ -1,0 +1,55 @@
+"""The HTTP front end: builds the FastAPI app. Run with ``soundedit api`` (uvicorn factory)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.limits import BodySizeLimit
+from app.problems import install_problem_handlers
+from app.queue import connect
+from app.routes import edits, health
+from app.settings import Settings, get_settings
+from app.storage import LocalStorage
+from models.profiles import resolve_profile
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Edit images by sound (CVPR 2022, *Sound-Guided Semantic Image Manipulation*).
+
+Submit a sound and a source with `POST /edits`, poll `GET /edits/{id}`, then download
+`result.png`, `source.png` and `latent.npy`. Errors are RFC 9457 `application/problem+json`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        profile = resolve_profile(settings.profile, settings.model_cache)
+        app.state.settings = settings
+        app.state.profile = profile
+        app.state.redis = connect(settings)
+        app.state.storage = LocalStorage(settings.storage_root)
+        logger.info("queueing edits for model profile %r (%s)", profile.name, profile.description)
+        if profile.smoke:
+            logger.warning("the smoke profile runs random weights: edits carry no meaning")
+        yield
+        app.state.redis.close()
+
+    app = FastAPI(
+        title="soundedit",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    install_problem_handlers(app)
+    app.include_router(edits.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,47 @@
+"""Service configuration: one settings object, read from ``SOUNDEDIT_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ProfileName = Literal["auto", "smoke", "ffhq", "landscape"]
+
+
+class Settings(BaseSettings):
+    """Everything the API, the worker and the CLI can be told; defaults run on one machine."""
+
+    model_config = SettingsConfigDict(env_prefix="SOUNDEDIT_", env_file=".env", extra="ignore")
+
+    # Where things live.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    storage_root: Path = Path("var/storage")  # uploads and results, one folder per edit
+    model_cache: Path = Path.home() / ".cache" / "soundedit"  # downloaded weights
+    queue_name: str = "edits"
+
+    # Which models the worker loads.
+    profile: ProfileName = "auto"
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+
+    # Upload limits.
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)  # whole multipart body
+    max_upload_bytes: int = Field(default=25 * 1024 * 1024, gt=0)  # each file
+    max_audio_seconds: float = Field(default=60.0, gt=0)
+    max_image_pixels: int = Field(default=4096 * 4096, gt=0)
+
+    # Bounds on edit parameters accepted from clients.
+    max_steps: int = Field(default=1000, gt=0)
+
+    # How long job records and stored files are kept.
+    result_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    job_timeout_s: int = Field(default=3600, gt=0)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests override by building their own ``Settings``."""
+    return Settings()
