@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from cli import edit, models, serve
 
+PACKAGES = ("app", "worker", "models", "cli", "rq.worker", "uvicorn")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -28,10 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Libraries that log chatter on the root logger (open_clip) stay at WARNING.
     logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for package in PACKAGES:
+        logging.getLogger(package).setLevel(args.log_level.upper())
     return int(args.func(args) or 0)
 
 

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from app.settings import get_settings
 
-logger = logging.getLogger("soundedit.serve")
+logger = logging.getLogger(__name__)
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 REDIS_START_TIMEOUT_S = 10.0

@@ -1,0 +1,213 @@
+"""The models of one profile, loaded once, and one edit through them.
+
+The worker and ``soundedit edit`` both run edits through ``EditEngine``; only the weights differ
+between profiles (smoke: seeded random weights of the same architectures).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.audio import audio_input, decode_audio
+from models.audio_encoder import AudioEncoder, load_audio_encoder, random_audio_encoder
+from models.clip import FrozenClip, load_clip, random_clip
+from models.identity import IdentityLoss, load_identity
+from models.optimize import EditConfig, StepInfo, edit, start_from_seed
+from models.profiles import Profile
+from models.stylegan2 import Generator, random_generator
+from models.weights import WeightFile, cached_path, file_state, profile_files
+
+logger = logging.getLogger(__name__)
+
+SMOKE_SEED = 0  # seeds of the smoke profile's random weights: fixed, so results are repeatable
+SMOKE_CHANNELS = 64  # smoke generator width at every resolution
+REAL_CLIP_MODEL = "ViT-B-32"  # the paper's CLIP
+
+ProgressCallback = Callable[[int, int], None]  # (steps done, steps in total)
+CancelCheck = Callable[[], bool]
+
+
+@dataclass
+class EditOutput:
+    result: np.ndarray  # (H, W, 3) uint8, the edited image
+    source: np.ndarray  # (H, W, 3) uint8, the image the edit started from
+    latent: np.ndarray  # (n_latent, w_dim) float32, the edited W+ latent
+    report: dict[str, Any]  # quality report (see models.optimize.edit)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` takes the first GPU when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def to_uint8(image: Tensor) -> np.ndarray:
+    """(1, 3, H, W) in about [-1, 1] -> (H, W, 3) uint8."""
+    pixels = (image[0].detach().float().clamp(-1, 1) + 1) * 127.5
+    return pixels.round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+class EditEngine:
+    """A generator, CLIP, the audio encoder and (for faces) the identity network, on one device."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        generator: Generator,
+        clip: FrozenClip,
+        audio_encoder: AudioEncoder,
+        identity: IdentityLoss | None,
+        device: torch.device,
+    ) -> None:
+        self.profile = profile
+        self.generator = generator.to(device)
+        self.clip = clip.to(device)
+        self.audio_encoder = audio_encoder.to(device)
+        self.identity = identity.to(device) if identity is not None else None
+        self.device = device
+
+    @classmethod
+    def load(cls, profile: Profile, cache_dir: Path, device: str = "auto") -> EditEngine:
+        target = pick_device(device)
+        if profile.smoke:
+            return cls(
+                profile,
+                random_generator(profile.resolution, SMOKE_CHANNELS, seed=SMOKE_SEED),
+                random_clip(SMOKE_SEED),
+                random_audio_encoder(seed=SMOKE_SEED),
+                None,
+                target,
+            )
+        from models.checkpoints import load_generator
+
+        files = {wf.role: wf for wf in profile_files(profile.name)}
+        paths = {role: _weights_path(wf, cache_dir) for role, wf in files.items()}
+        generator = load_generator(paths["generator"])
+        if generator.resolution != profile.resolution:
+            raise ValueError(
+                f"{paths['generator']} renders {generator.resolution} px; "
+                f"profile {profile.name!r} expects {profile.resolution} px"
+            )
+        identity = load_identity(paths["identity"]) if paths.get("identity") else None
+        return cls(
+            profile,
+            generator,
+            load_clip(REAL_CLIP_MODEL, paths["clip"]),
+            load_audio_encoder(paths["audio_encoder"]),
+            identity,
+            target,
+        )
+
+    def describe(self) -> str:
+        identity = "identity loss on" if self.identity is not None else "no identity network"
+        return (
+            f"{self.profile.name}: {self.generator.resolution} px generator, "
+            f"{self.generator.n_latent} W+ layers, {identity}, on {self.device}"
+        )
+
+    @torch.no_grad()
+    def embed_audio(self, audio: bytes, offset_s: float = 0.0) -> Tensor:
+        """The sound's embedding in CLIP space: (1, D), unit length."""
+        waveform, rate = decode_audio(audio)
+        spectrogram = audio_input(waveform, rate, offset_s).to(self.device)  # (1, 1, 128, 512)
+        embedding = self.audio_encoder(spectrogram)  # (1, D)
+        return torch.nn.functional.normalize(embedding.float(), dim=-1)
+
+    def start_latent(
+        self, seed: int | None, latent: np.ndarray | None, truncation: float
+    ) -> Tensor:
+        """The source W+ latent (1, n_latent, w_dim) from a seed or a given array."""
+        g = self.generator
+        if latent is not None:
+            array = latent[0] if latent.ndim == 3 and latent.shape[0] == 1 else latent
+            if array.shape != (g.n_latent, g.w_dim):
+                raise ValueError(
+                    f"latent has shape {list(latent.shape)}; this generator needs "
+                    f"[{g.n_latent}, {g.w_dim}]"
+                )
+            return torch.from_numpy(np.asarray(array, dtype=np.float32))[None].to(self.device)
+        if seed is None:
+            raise ValueError("give a seed or a latent")
+        return start_from_seed(g, seed, truncation)
+
+    def edit(
+        self,
+        audio: bytes,
+        *,
+        seed: int | None = None,
+        latent: np.ndarray | None = None,
+        text: str | None = None,
+        steps: int,
+        lr: float,
+        lambda_l2: float,
+        lambda_id: float,
+        truncation: float,
+        random_seed: int = 0,
+        text_mode: str = "mix",
+        on_step: ProgressCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> EditOutput:
+        """Paper Eq. 2 from ``seed``/``latent`` toward ``audio`` (and ``text``, if given)."""
+        torch.manual_seed(random_seed)
+        w_source = self.start_latent(seed, latent, truncation)
+        audio_emb = self.embed_audio(audio)
+        text_emb = None
+        if text:
+            with torch.no_grad():
+                text_emb = self.clip.encode_text([text])
+        config = EditConfig(
+            steps=steps,
+            lr=lr,
+            lambda_l2=lambda_l2,
+            lambda_id=lambda_id if self.identity is not None else 0.0,
+            text_mode=text_mode,  # type: ignore[arg-type]
+        )
+        runs = 2 if text_emb is not None and text_mode == "mix" else 1
+
+        def progress(info: StepInfo) -> None:
+            if on_step is not None:
+                on_step(info.phase_index * info.steps + info.step + 1, runs * info.steps)
+
+        result = edit(
+            self.generator,
+            self.clip,
+            audio_emb,
+            w_source,
+            config,
+            text_emb=text_emb,
+            identity=self.identity if config.lambda_id > 0 else None,
+            on_step=progress,
+            should_cancel=should_cancel,
+        )
+        report = {**result.report, "profile": self.profile.name}
+        if lambda_id > 0 and self.identity is None:
+            report["identity_loss"] = "off: no identity network in this profile"
+        return EditOutput(
+            result=to_uint8(result.image),
+            source=to_uint8(result.source_image),
+            latent=result.w[0].detach().float().cpu().numpy(),
+            report=report,
+        )
+
+
+def _weights_path(wf: WeightFile, cache_dir: Path) -> Path | None:
+    """The verified cached file, None for a missing optional one; an error for a missing required one."""
+    path = cached_path(wf, cache_dir)
+    state = file_state(wf, cache_dir)
+    if state == "present":
+        return path
+    if not wf.required:
+        logger.info("optional weights %s are %s; running without them", wf.key, state)
+        return None
+    raise FileNotFoundError(
+        f"weights {wf.key} are {state} at {path}: run `soundedit models pull` for this profile"
+    )
