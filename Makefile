@@ -3,14 +3,14 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server
+APT_PACKAGES := redis-server docker-compose
 
-.PHONY: serve test test-fast lint bench system-deps install clean
+.PHONY: serve test test-fast lint system-deps install clean
 
 serve: install system-deps  ## Redis (if none answers) + a worker + the API on 127.0.0.1:8000
 	$(BIN)/soundedit serve
 
-test: install system-deps  ## the whole suite, as CI runs it
+test: lint system-deps  ## lint, then the whole suite: what CI runs
 	$(BIN)/python -m pytest
 
 test-fast: install  ## skip the slow suites
@@ -20,9 +20,6 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-
-bench: install
-	$(BIN)/python benchmarks/run.py
 
 install: $(VENV)/.installed
 

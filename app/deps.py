@@ -13,19 +13,19 @@ from models.profiles import Profile
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def _redis(request: Request) -> Redis:
-    return request.app.state.redis  # type: ignore[no-any-return]
+    return request.app.state.redis
 
 
 def _storage(request: Request) -> LocalStorage:
-    return request.app.state.storage  # type: ignore[no-any-return]
+    return request.app.state.storage
 
 
 def _profile(request: Request) -> Profile:
-    return request.app.state.profile  # type: ignore[no-any-return]
+    return request.app.state.profile
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]

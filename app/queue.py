@@ -51,7 +51,7 @@ def fetch_edit(redis: Redis, edit_id: str) -> Job | None:
 
 
 # RQ's job states, as the API names them.
-STATUS_NAMES = {
+STATUS_NAMES: dict[str, str] = {
     JobStatus.QUEUED: "queued",
     JobStatus.DEFERRED: "queued",
     JobStatus.SCHEDULED: "queued",
@@ -61,6 +61,13 @@ STATUS_NAMES = {
     JobStatus.STOPPED: "canceled",
     JobStatus.CANCELED: "canceled",
 }
+
+
+def edit_status(job: Job) -> str:
+    """The API's name for the job's state (as last fetched)."""
+    status = job.get_status(refresh=False)
+    key = status.value if isinstance(status, JobStatus) else str(status)
+    return STATUS_NAMES.get(key, "queued")
 
 
 def live_workers(redis: Redis) -> list[dict[str, str]]:

@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     storage_root: Path = Path("var/storage")  # uploads and results, one folder per edit
     model_cache: Path = Path.home() / ".cache" / "soundedit"  # downloaded weights
+    offline: bool = False  # never download weights; only use and verify the cache
     queue_name: str = "edits"
 
     # Which models the worker loads.
@@ -33,8 +34,9 @@ class Settings(BaseSettings):
     max_audio_seconds: float = Field(default=60.0, gt=0)
     max_image_pixels: int = Field(default=4096 * 4096, gt=0)
 
-    # Bounds on edit parameters accepted from clients.
+    # Edit parameters: bounds on what clients ask for, and a server-wide default.
     max_steps: int = Field(default=1000, gt=0)
+    default_steps: int | None = Field(default=None, gt=0)  # None: the profile's default
 
     # How long job records and stored files are kept.
     result_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)

@@ -32,6 +32,11 @@ def register(commands: Any) -> None:
         "--text-mode", choices=("mix", "sum"), default="mix",
         help="mix: W+ layers from sound (coarse) and text (fine); sum: one summed loss (default mix)",
     )  # fmt: skip
+    parser.add_argument(
+        "--clip-mode", choices=("paper", "upstream"), default="paper",
+        help="paper: antialiased resize + CLIP normalisation, 1 - cos (default); upstream: the "
+        "official code's exact loss (x7 upsample + average pool, no normalisation, 1 - cos·e^0.07)",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, help="optimisation steps (profile default)")
     parser.add_argument("--lr", type=float, help="Adam learning rate (profile default)")
     parser.add_argument("--lambda-l2", type=float, help="weight of the latent distance (λ_L2)")
@@ -93,6 +98,7 @@ def run_edit(args: argparse.Namespace) -> int:
                 truncation=pick(args.truncation, defaults.truncation),
                 random_seed=args.random_seed,
                 text_mode=args.text_mode,
+                clip_mode=args.clip_mode,
                 on_step=on_step,
             )
         except ValueError as exc:

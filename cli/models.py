@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from app.settings import get_settings
 from models import weights
 
 EXIT_OK = 0
@@ -90,8 +91,6 @@ def _cache_dir(args: argparse.Namespace) -> Path:
     """The --cache option, else the configured cache (settings read only when needed)."""
     if args.cache is not None:
         return Path(args.cache).expanduser()
-    from app.settings import get_settings
-
     return get_settings().model_cache
 
 
@@ -115,7 +114,7 @@ def _size_on_disk(path: Path) -> int | None:
 
 def run_pull(args: argparse.Namespace) -> int:
     """Download a profile's files; one-line error and a non-zero exit on failure."""
-    offline = bool(args.offline) or weights.offline_from_env()
+    offline = bool(args.offline) or get_settings().offline
     if any(wf.non_commercial for wf in weights.PROFILES[args.profile]):
         print(_NON_COMMERCIAL_NOTICE)
     try:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from models.audio import INPUT_HEIGHT, INPUT_WIDTH
+from models.frozen import freeze
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +75,6 @@ class AudioEncoder(nn.Module):
         return f"arch={self.arch}, embed_dim={self.embed_dim}"
 
 
-def _freeze(model: AudioEncoder) -> AudioEncoder:
-    """Inference mode: BN uses its running statistics and no gradients are tracked."""
-    model.eval()
-    model.requires_grad_(False)
-    return model
-
-
 def random_audio_encoder(arch: str = DEFAULT_ARCH, *, seed: int = 0) -> AudioEncoder:
     """Seeded random weights (frozen, eval) for offline profiles and tests.
 
@@ -89,7 +83,7 @@ def random_audio_encoder(arch: str = DEFAULT_ARCH, *, seed: int = 0) -> AudioEnc
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AudioEncoder(arch)
-    return _freeze(model)
+    return freeze(model)
 
 
 def _unwrap(obj: object) -> Mapping[str, object]:
@@ -177,4 +171,4 @@ def load_audio_encoder(path: str | Path, map_location: str | torch.device = "cpu
             f"unexpected {list(result.unexpected_keys)[:5]}"
         )
     logger.info("loaded audio encoder %s (%d-d) from %s", arch, embed_dim, path)
-    return _freeze(model)
+    return freeze(model)

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 SMOKE_SEED = 0  # seeds of the smoke profile's random weights: fixed, so results are repeatable
 SMOKE_CHANNELS = 64  # smoke generator width at every resolution
 REAL_CLIP_MODEL = "ViT-B-32"  # the paper's CLIP
+CLIP_MODES = ("paper", "upstream")  # how the CLIP loss sees the image (see EditEngine.edit)
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps in total)
 CancelCheck = Callable[[], bool]
@@ -90,20 +91,19 @@ class EditEngine:
         from models.checkpoints import load_generator
 
         files = {wf.role: wf for wf in profile_files(profile.name)}
-        paths = {role: _weights_path(wf, cache_dir) for role, wf in files.items()}
-        generator = load_generator(paths["generator"])
+        generator = load_generator(_required(files["generator"], cache_dir))
         if generator.resolution != profile.resolution:
             raise ValueError(
-                f"{paths['generator']} renders {generator.resolution} px; "
-                f"profile {profile.name!r} expects {profile.resolution} px"
+                f"the {profile.name} generator renders {generator.resolution} px; "
+                f"the profile expects {profile.resolution} px"
             )
-        identity = load_identity(paths["identity"]) if paths.get("identity") else None
+        identity_path = _optional(files["identity"], cache_dir) if "identity" in files else None
         return cls(
             profile,
             generator,
-            load_clip(REAL_CLIP_MODEL, paths["clip"]),
-            load_audio_encoder(paths["audio_encoder"]),
-            identity,
+            load_clip(REAL_CLIP_MODEL, _required(files["clip"], cache_dir)),
+            load_audio_encoder(_required(files["audio_encoder"], cache_dir)),
+            load_identity(identity_path) if identity_path is not None else None,
             target,
         )
 
@@ -153,10 +153,18 @@ class EditEngine:
         truncation: float,
         random_seed: int = 0,
         text_mode: str = "mix",
+        clip_mode: str = "paper",
         on_step: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> EditOutput:
-        """Paper Eq. 2 from ``seed``/``latent`` toward ``audio`` (and ``text``, if given)."""
+        """Paper Eq. 2 from ``seed``/``latent`` toward ``audio`` (and ``text``, if given).
+
+        ``clip_mode`` "paper" feeds CLIP an antialiased resize with CLIP's normalisation and uses
+        1 − cos; "upstream" reproduces the official code exactly (nearest ×7 upsampling + average
+        pooling, no normalisation, 1 − cos·e^0.07). See ``models.clip``.
+        """
+        if clip_mode not in CLIP_MODES:
+            raise ValueError(f"clip_mode must be one of {list(CLIP_MODES)}, got {clip_mode!r}")
         torch.manual_seed(random_seed)
         w_source = self.start_latent(seed, latent, truncation)
         audio_emb = self.embed_audio(audio)
@@ -170,6 +178,8 @@ class EditEngine:
             lambda_l2=lambda_l2,
             lambda_id=lambda_id if self.identity is not None else 0.0,
             text_mode=text_mode,  # type: ignore[arg-type]
+            clip_preprocess="upstream" if clip_mode == "upstream" else "resize",
+            clip_loss_mode="upstream" if clip_mode == "upstream" else "cosine",
         )
         runs = 2 if text_emb is not None and text_mode == "mix" else 1
 
@@ -188,7 +198,7 @@ class EditEngine:
             on_step=progress,
             should_cancel=should_cancel,
         )
-        report = {**result.report, "profile": self.profile.name}
+        report = {**result.report, "profile": self.profile.name, "clip_mode": clip_mode}
         if lambda_id > 0 and self.identity is None:
             report["identity_loss"] = "off: no identity network in this profile"
         return EditOutput(
@@ -199,15 +209,21 @@ class EditEngine:
         )
 
 
-def _weights_path(wf: WeightFile, cache_dir: Path) -> Path | None:
-    """The verified cached file, None for a missing optional one; an error for a missing required one."""
-    path = cached_path(wf, cache_dir)
+def _required(wf: WeightFile, cache_dir: Path) -> Path:
+    """The verified cached file; a clear error when it is not there."""
     state = file_state(wf, cache_dir)
-    if state == "present":
-        return path
-    if not wf.required:
+    if state != "present":
+        raise FileNotFoundError(
+            f"weights {wf.key} are {state} at {cached_path(wf, cache_dir)}: "
+            "run `soundedit models pull` for this profile"
+        )
+    return cached_path(wf, cache_dir)
+
+
+def _optional(wf: WeightFile, cache_dir: Path) -> Path | None:
+    """The verified cached file, or None: the profile runs without it."""
+    state = file_state(wf, cache_dir)
+    if state != "present":
         logger.info("optional weights %s are %s; running without them", wf.key, state)
         return None
-    raise FileNotFoundError(
-        f"weights {wf.key} are {state} at {path}: run `soundedit models pull` for this profile"
-    )
+    return cached_path(wf, cache_dir)

@@ -27,7 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 WeightRole = Literal["generator", "clip", "audio_encoder", "identity"]
 WeightState = Literal["present", "missing", "partial", "corrupt"]
 
-OFFLINE_ENV = "SOUNDEDIT_OFFLINE"  # "1"/"true"/"yes": never touch the network
+OFFLINE_ENV = "SOUNDEDIT_OFFLINE"  # the setting (app.settings) that forbids downloads
 DEFAULT_TIMEOUT_S = 30.0  # per socket operation (connect, each read), not the whole transfer
 DEFAULT_RETRIES = 3  # extra attempts after a transient network failure; each one resumes
 RETRY_BACKOFF_S = 2.0  # wait before extra attempt n is n times this
@@ -50,7 +50,6 @@ USER_AGENT = "soundedit-weights/0.1 (python-urllib)"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
-_TRUTHY = frozenset({"1", "true", "yes", "on"})
 
 
 class WeightsError(RuntimeError):
@@ -211,12 +210,6 @@ def weight_file(key: str) -> WeightFile:
                 return wf
     keys = sorted({wf.key for files in PROFILES.values() for wf in files})
     raise WeightsError(f"unknown weight file {key!r}; known: {', '.join(keys)}")
-
-
-def offline_from_env(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether ``SOUNDEDIT_OFFLINE`` asks for offline mode (callers pass the result on)."""
-    env = os.environ if environ is None else environ
-    return env.get(OFFLINE_ENV, "").strip().lower() in _TRUTHY
 
 
 # --- Cache layout and verification --------------------------------------------------------

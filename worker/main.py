@@ -56,7 +56,7 @@ class EditWorker(SimpleWorker):
         while not self._stop_beating.is_set():
             try:
                 with self.connection.pipeline() as pipe:
-                    pipe.hset(self._status_key, mapping=self.status())
+                    pipe.hset(self._status_key, mapping=self.status())  # type: ignore[arg-type]  # redis-py's key union
                     pipe.expire(self._status_key, HEARTBEAT_TTL_S)
                     pipe.execute()
             except Exception as exc:  # Redis blips must not kill the worker

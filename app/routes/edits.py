@@ -14,8 +14,9 @@ from app import jobs
 from app.deps import ProfileDep, RedisDep, SettingsDep, StorageDep
 from app.jobs import EditJob, EditParameters, LatentSource, SeedSource
 from app.problems import PROBLEM_JSON, Problem
-from app.queue import STATUS_NAMES, edit_queue, enqueue_edit, fetch_edit, isoformat
+from app.queue import edit_queue, edit_status, enqueue_edit, fetch_edit, isoformat
 from app.schemas import EditCreated, EditLinks, EditPublic, ProfileInfo, Progress
+from app.settings import Settings
 from app.storage import edit_key, npy_bytes
 from app.uploads import check_audio, check_latent, read_upload
 from models.profiles import PROFILES, W_DIM, Profile
@@ -82,19 +83,20 @@ def _profile_info(profile: Profile) -> ProfileInfo:
     )
 
 
-def _parameters(profile: Profile, settings_max_steps: int, **given: Any) -> EditParameters:
-    """The client's values over the profile's defaults; bounds the settings impose."""
+def _parameters(profile: Profile, settings: Settings, **given: Any) -> EditParameters:
+    """The client's values over the server's and the profile's defaults, within the server's bounds."""
     steps = given["steps"]
-    if steps is not None and steps > settings_max_steps:
+    if steps is not None and steps > settings.max_steps:
         raise Problem(
             422,
             "out-of-range",
-            f"steps must be between 1 and {settings_max_steps}",
+            f"steps must be between 1 and {settings.max_steps}",
             field="steps",
         )
     defaults = profile.defaults
+    default_steps = min(settings.default_steps or defaults.steps, settings.max_steps)
     return EditParameters(
-        steps=steps if steps is not None else defaults.steps,
+        steps=steps if steps is not None else default_steps,
         lr=given["lr"] if given["lr"] is not None else defaults.lr,
         lambda_l2=given["lambda_l2"] if given["lambda_l2"] is not None else defaults.lambda_l2,
         lambda_id=given["lambda_id"] if given["lambda_id"] is not None else defaults.lambda_id,
@@ -175,7 +177,7 @@ async def create_edit(
         raise Problem(422, "source-required", detail, field="source")
     params = _parameters(
         profile,
-        settings.max_steps,
+        settings,
         steps=steps,
         lr=lr,
         lambda_l2=lambda_l2,
@@ -249,7 +251,7 @@ def get_edit(edit_id: EditId, settings: SettingsDep, redis: RedisDep) -> EditPub
         raise Problem(404, "edit-not-found", f"no edit with id {edit_id}")
     meta = job.get_meta(refresh=False)
     payload = EditJob.model_validate(job.kwargs["payload"])
-    state = STATUS_NAMES.get(job.get_status(refresh=False) or "", "queued")
+    state = edit_status(job)
     position = None
     if state == "queued":
         position = edit_queue(redis, settings, payload.profile).get_job_position(edit_id)
@@ -298,7 +300,7 @@ def get_edit_file(
     job = fetch_edit(redis, edit_id)
     if job is None:
         raise Problem(404, "edit-not-found", f"no edit with id {edit_id}")
-    state = STATUS_NAMES.get(job.get_status(refresh=False) or "", "queued")
+    state = edit_status(job)
     key = edit_key(edit_id, filename.value)
     if state != "succeeded" or not storage.exists(key):
         raise Problem(

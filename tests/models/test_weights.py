@@ -296,13 +296,6 @@ def test_offline_still_serves_a_verified_file(server: Server, tmp_path: Path) ->
     assert weights.download(wf, tmp_path, offline=True) == tmp_path / "model.bin"
 
 
-def test_offline_from_env() -> None:
-    assert weights.offline_from_env({"SOUNDEDIT_OFFLINE": "1"})
-    assert weights.offline_from_env({"SOUNDEDIT_OFFLINE": "true"})
-    assert not weights.offline_from_env({"SOUNDEDIT_OFFLINE": "0"})
-    assert not weights.offline_from_env({})
-
-
 def test_connection_refused_is_a_clear_error(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -506,8 +499,7 @@ def test_cli_pull_failure_is_one_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     _profile(server, monkeypatch)
-    monkeypatch.setenv("SOUNDEDIT_OFFLINE", "1")
-    assert _run(["models", "pull", "testprof", "--cache", str(tmp_path)]) == 1
+    assert _run(["models", "pull", "testprof", "--offline", "--cache", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err

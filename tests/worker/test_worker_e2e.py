@@ -36,8 +36,9 @@ def poll(api_url: str, edit_id: str) -> tuple[dict[str, Any], list[str]]:
     """Poll until the edit ends; returns its final state and every status seen on the way."""
     seen: list[str] = []
     deadline = time.monotonic() + POLL_TIMEOUT_S
+    client = httpx.Client(base_url=api_url, timeout=10)
     while time.monotonic() < deadline:
-        state = httpx.get(f"{api_url}/edits/{edit_id}", timeout=10).json()
+        state = client.get(f"/edits/{edit_id}").json()
         if not seen or seen[-1] != state["status"]:
             seen.append(state["status"])
         if state["status"] in FINAL:

@@ -1,0 +1,82 @@
+"""The edit engine on the smoke profile: what the worker and ``soundedit edit`` run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import models
+from cli.main import main
+from models.engine import EditEngine
+from models.profiles import PROFILES
+from tests.conftest import AUDIO
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def engine() -> EditEngine:
+    return EditEngine.load(PROFILES["smoke"], cache_dir=Path("/nonexistent"), device="cpu")
+
+
+def run(engine: EditEngine, **overrides: object):  # type: ignore[no-untyped-def]
+    args: dict[str, object] = {
+        "seed": 3, "steps": STEPS, "lr": 0.05, "lambda_l2": 0.008, "lambda_id": 0.0,
+        "truncation": 0.7,
+    }  # fmt: skip
+    args.update(overrides)
+    return engine.edit((AUDIO / "explosion.wav").read_bytes(), **args)  # type: ignore[arg-type]
+
+
+def test_edit_is_bit_identical_when_repeated(engine: EditEngine) -> None:
+    first, second = run(engine), run(engine)
+    assert np.array_equal(first.result, second.result)
+    assert np.array_equal(first.latent, second.latent)
+    assert first.result.shape == (64, 64, 3) and first.result.dtype == np.uint8
+    assert not np.array_equal(first.result, first.source)
+
+
+def test_progress_reaches_every_step(engine: EditEngine) -> None:
+    seen: list[tuple[int, int]] = []
+    run(engine, on_step=lambda step, total: seen.append((step, total)))
+    assert seen == [(i, STEPS) for i in range(1, STEPS + 1)]
+
+
+def test_latent_source_round_trips(engine: EditEngine) -> None:
+    by_seed = run(engine)
+    start = engine.start_latent(3, None, 0.7)[0].numpy()
+    by_latent = run(engine, seed=None, latent=start)
+    assert np.array_equal(by_seed.latent, by_latent.latent)
+    with pytest.raises(ValueError, match="shape"):
+        run(engine, seed=None, latent=np.zeros((3, 512), np.float32))
+
+
+def test_upstream_clip_mode_is_a_different_loss(engine: EditEngine) -> None:
+    paper, upstream = run(engine), run(engine, clip_mode="upstream")
+    assert upstream.report["clip_mode"] == "upstream"
+    assert not np.array_equal(paper.latent, upstream.latent)
+    with pytest.raises(ValueError, match="clip_mode"):
+        run(engine, clip_mode="other")
+
+
+def test_public_helpers_are_exported() -> None:
+    assert models.audio_input.__module__ == "models.audio"
+    assert models.load_audio_encoder.__module__ == "models.audio_encoder"
+    assert models.load_generator.__module__ == "models.checkpoints"
+
+
+def test_cli_edit_writes_outputs(tmp_path: Path) -> None:
+    argv = ["edit", str(AUDIO / "wind.wav"), "--seed", "1", "--steps", "3", "--profile", "smoke"]
+    assert main([*argv, "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "result.png",
+        "source.png",
+        "latent.npy",
+        "report.json",
+    }
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["steps"] == 3 and report["profile"] == "smoke"
+    assert np.load(tmp_path / "latent.npy").shape == (10, 512)

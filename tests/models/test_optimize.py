@@ -1,0 +1,242 @@
+"""The Eq. 2 optimiser: LR schedule golden, edits on small random models, joint audio + text."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.clip import FrozenClip, clip_loss, random_clip
+from models.identity import IdentityLoss, random_identity
+from models.optimize import (
+    EditCanceled,
+    EditConfig,
+    StepInfo,
+    edit,
+    lr_schedule,
+    mix_latents,
+    optimize_latent,
+    start_from_seed,
+)
+from models.stylegan2 import Generator, random_generator
+from tests.conftest import GOLDEN
+
+RES = 64
+STEPS = 15
+FAST = EditConfig(steps=STEPS, lr=0.1, lambda_l2=0.0, lambda_id=0.0, preview_every=5)
+
+
+@pytest.fixture(scope="module")
+def generator() -> Generator:
+    return random_generator(RES, 64, seed=1)
+
+
+@pytest.fixture(scope="module")
+def clip() -> FrozenClip:
+    return random_clip(seed=0)
+
+
+@pytest.fixture(scope="module")
+def identity() -> IdentityLoss:
+    return random_identity(seed=0)
+
+
+def _unit(seed: int, dim: int = 512) -> torch.Tensor:
+    return F.normalize(torch.randn(dim, generator=torch.Generator().manual_seed(seed)), dim=0)
+
+
+@pytest.fixture(scope="module")
+def w_source(generator: Generator) -> torch.Tensor:
+    return start_from_seed(generator, seed=5)
+
+
+def test_lr_schedule_matches_golden() -> None:
+    golden = np.load(GOLDEN / "lr_schedule_300_steps_lr0.1.npy")
+    ours = np.array([lr_schedule(i / 300, 0.1) for i in range(300)])
+    assert golden.shape == (300,)
+    np.testing.assert_allclose(ours, golden, rtol=0, atol=1e-7)
+
+
+def test_edit_config_validation() -> None:
+    bad: list[dict[str, Any]] = [
+        {"steps": 0},
+        {"lr": 0.0},
+        {"lambda_l2": -1.0},
+        {"lambda_id": float("nan")},
+        {"text_mode": "concat"},
+        {"mix_layer_split": 0},
+        {"clip_preprocess": "crop"},
+        {"clip_loss_mode": "logits"},
+        {"noise_mode": "fresh"},
+        {"preview_every": -1},
+        {"lr_rampup": 0.0},
+    ]
+    for kwargs in bad:
+        with pytest.raises(ValueError):
+            EditConfig(**kwargs)
+    config = EditConfig()
+    assert (config.steps, config.lr, config.lambda_l2, config.lambda_id) == (
+        300,
+        0.05,
+        0.008,
+        0.005,
+    )
+    assert [config.layer_split(n) for n in (18, 14, 10)] == [9, 7, 5]
+    assert EditConfig(mix_layer_split=3).layer_split(10) == 3
+    with pytest.raises(ValueError):
+        EditConfig(mix_layer_split=10).layer_split(10)
+
+
+def test_start_from_seed(generator: Generator) -> None:
+    torch.manual_seed(123)
+    a = start_from_seed(generator, seed=7)
+    torch.manual_seed(456)
+    b = start_from_seed(generator, seed=7)
+    assert a.shape == (1, generator.n_latent, generator.w_dim)
+    assert torch.equal(a, b)
+    assert torch.equal(a, a[:, :1].expand_as(a))  # one w on every layer
+    assert not torch.equal(a, start_from_seed(generator, seed=8))
+    z = torch.randn(1, generator.z_dim, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(a[:, 0], generator.mapping(z, truncation=0.7))
+
+
+def test_short_edit_lowers_clip_loss_and_freezes_networks(
+    generator: Generator, clip: FrozenClip, w_source: torch.Tensor
+) -> None:
+    target = _unit(3)
+    steps: list[StepInfo] = []
+    result = optimize_latent(generator, clip, target, w_source, FAST, on_step=steps.append)
+    with torch.no_grad():
+        before = clip_loss(clip.encode_image(generator.synthesis(w_source)), target)
+        after = clip_loss(clip.encode_image(result.image), target)
+    assert after.item() < before.item() - 0.01
+    assert len(result.losses) == STEPS and [s.step for s in steps] == list(range(STEPS))
+    assert [s.step for s in steps if s.preview] == [0, 5, 10, 14]
+    assert steps[0].lr == 0.0 and steps[0].identity is None
+    assert steps[0].image.shape == (1, 3, RES, RES) and not steps[0].image.requires_grad
+    assert steps[-1].progress == 1.0
+    assert result.w.shape == w_source.shape and not result.w.requires_grad
+    for module in (generator, clip):
+        assert all(not p.requires_grad and p.grad is None for p in module.parameters())
+
+
+def test_lambda_l2_controls_distance(
+    generator: Generator, clip: FrozenClip, w_source: torch.Tensor
+) -> None:
+    target = _unit(3)
+    tight = dataclasses.replace(FAST, lambda_l2=0.05)
+    loose = dataclasses.replace(FAST, lambda_l2=1e-5)
+    d_tight = (optimize_latent(generator, clip, target, w_source, tight).w - w_source).norm()
+    d_loose = (optimize_latent(generator, clip, target, w_source, loose).w - w_source).norm()
+    assert d_tight < 0.5 * d_loose
+
+
+def test_repeat_is_bit_identical(
+    generator: Generator, clip: FrozenClip, w_source: torch.Tensor
+) -> None:
+    config = dataclasses.replace(FAST, steps=5, lambda_l2=0.008)
+    first = optimize_latent(generator, clip, _unit(4), w_source, config)
+    second = optimize_latent(generator, clip, _unit(4), w_source, config)
+    assert torch.equal(first.w, second.w) and torch.equal(first.image, second.image)
+    assert first.losses == second.losses
+
+
+def test_should_cancel_stops(
+    generator: Generator, clip: FrozenClip, w_source: torch.Tensor
+) -> None:
+    seen: list[int] = []
+    with pytest.raises(EditCanceled) as info:
+        optimize_latent(
+            generator,
+            clip,
+            _unit(3),
+            w_source,
+            FAST,
+            on_step=lambda s: seen.append(s.step),
+            should_cancel=lambda: len(seen) >= 3,
+        )
+    assert info.value.step == 3 and seen == [0, 1, 2]
+
+
+def test_identity_runs_only_when_weighted(
+    generator: Generator, clip: FrozenClip, w_source: torch.Tensor, identity: IdentityLoss
+) -> None:
+    calls = []
+    hook = identity.facenet.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        config = dataclasses.replace(FAST, steps=2, lambda_id=0.0)
+        optimize_latent(generator, clip, _unit(3), w_source, config, identity=identity)
+        assert calls == []
+        infos: list[StepInfo] = []
+        config = dataclasses.replace(config, lambda_id=0.5)
+        optimize_latent(
+            generator, clip, _unit(3), w_source, config, identity=identity, on_step=infos.append
+        )
+        assert len(calls) == 1 + 2  # source features once, then one per step
+        assert all(i.identity is not None for i in infos)
+        assert all(not p.requires_grad and p.grad is None for p in identity.parameters())
+    finally:
+        hook.remove()
+
+
+def test_text_mix_takes_layers_from_each_run(
+    generator: Generator, clip: FrozenClip, w_source: torch.Tensor
+) -> None:
+    config = dataclasses.replace(FAST, steps=4, lambda_l2=0.001)
+    audio, text = _unit(3), _unit(9)
+    phases: list[tuple[str, int]] = []
+    result = edit(
+        generator,
+        clip,
+        audio,
+        w_source,
+        config,
+        text_emb=text,
+        on_step=lambda s: phases.append((s.phase, s.phase_index)),
+    )
+    by_audio = optimize_latent(generator, clip, audio, w_source, config).w
+    by_text = optimize_latent(generator, clip, text, w_source, config).w
+    split = config.layer_split(generator.n_latent)
+    assert split == 5
+    assert torch.equal(result.w[:, :split], by_audio[:, :split])
+    assert torch.equal(result.w[:, split:], by_text[:, split:])
+    assert torch.equal(result.w, mix_latents(by_audio, by_text, split))
+    assert phases == [("audio", 0)] * 4 + [("text", 1)] * 4
+    report = result.report
+    assert report["runs"] == 2 and report["steps"] == 8 and report["mix_layer_split"] == split
+    assert {"clip_text_before", "clip_text_after"} <= set(report)
+    assert report["latent_l2"] == pytest.approx(float((result.w - w_source).norm()))
+
+
+def test_text_sum_and_report(
+    generator: Generator, clip: FrozenClip, w_source: torch.Tensor, identity: IdentityLoss
+) -> None:
+    config = dataclasses.replace(FAST, steps=3, text_mode="sum", text_weight=0.5)
+    audio, text = _unit(3), _unit(9)
+    result = edit(generator, clip, audio, w_source, config, text_emb=text, identity=identity)
+    both = torch.stack([audio, text])
+    direct = optimize_latent(generator, clip, both, w_source, config, weights=(1.0, 0.5))
+    assert torch.equal(result.w, direct.w) and torch.equal(result.image, direct.image)
+    report = result.report
+    assert report["runs"] == 1 and report["text_mode"] == "sum"
+    assert report["mix_layer_split"] is None
+    with torch.no_grad():
+        expected = F.cosine_similarity(clip.encode_image(result.image), audio[None]).item()
+    assert report["clip_audio_after"] == pytest.approx(expected, abs=1e-6)
+    assert -1.0 <= report["identity_similarity"] <= 1.0 + 1e-6
+    assert report["seconds"] > 0
+
+
+def test_audio_only_report_has_no_text_keys(
+    generator: Generator, clip: FrozenClip, w_source: torch.Tensor
+) -> None:
+    result = edit(generator, clip, _unit(3), w_source, dataclasses.replace(FAST, steps=2))
+    assert result.report["text_mode"] is None and "clip_text_after" not in result.report
+    assert "identity_similarity" not in result.report
+    assert result.image.shape == result.source_image.shape == (1, 3, RES, RES)
+    with pytest.raises(ValueError):
+        edit(generator, clip, _unit(3), w_source[:, :3], FAST)
