@@ -72,3 +72,4 @@ RESULT_FILE = "result.png"
 SOURCE_FILE = "source.png"
 LATENT_FILE = "latent.npy"
 REPORT_FILE = "report.json"
+PREVIEW_FILE = "preview.png"  # the latest intermediate image, replaced every few steps

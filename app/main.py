@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app.limits import BodySizeLimit
 from app.problems import install_problem_handlers
@@ -39,6 +40,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logger.info("queueing edits for model profile %r (%s)", profile.name, profile.description)
         if profile.smoke:
             logger.warning("the smoke profile runs random weights: edits carry no meaning")
+        if not settings.api_key_list():
+            logger.warning(
+                "no API keys configured (SOUNDEDIT_API_KEYS): anyone who reaches this API can use it"
+            )
         yield
         app.state.redis.close()
 
@@ -49,6 +54,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    if origins := settings.cors_origin_list():
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["X-API-Key", "Idempotency-Key", "Content-Type"],
+            expose_headers=["Location", "Retry-After", "Idempotent-Replayed"],
+        )
     install_problem_handlers(app)
     app.include_router(edits.router)
     app.include_router(health.router)

@@ -109,3 +109,78 @@ def install_problem_handlers(app: FastAPI) -> None:
             instance=request.url.path,
         )
         return problem_response(500, body)
+
+
+# --- OpenAPI documentation of the problem responses ----------------------------------------
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "description": "A stable URI naming the problem."},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string", "description": "What went wrong, for a person."},
+        "instance": {"type": "string", "description": "The request path."},
+        "field": {"type": "string", "description": "The form field or header at fault."},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+_EXAMPLES: dict[int, tuple[str, str, str]] = {
+    401: (
+        "Missing or invalid API key.",
+        "api-key-required",
+        "send an API key in the X-API-Key header",
+    ),
+    404: ("No such edit.", "edit-not-found", "no edit with id 0123456789abcdef0123456789abcdef"),
+    409: (
+        "The edit is not in a state that allows this.",
+        "not-ready",
+        "result.png is not available: the edit is running",
+    ),
+    413: (
+        "An upload or the whole request is too large.",
+        "upload-too-large",
+        "audio exceeds 26214400 bytes",
+    ),
+    415: (
+        "An upload is not in a format the server reads.",
+        "unsupported-audio",
+        "audio is not a readable audio file (WAV, FLAC, OGG or MP3)",
+    ),
+    422: (
+        "A field is missing, malformed or out of range.",
+        "out-of-range",
+        "steps must be between 1 and 1000",
+    ),
+    429: (
+        "This API key has too many edits queued or running.",
+        "too-many-edits",
+        "this API key has 20 edits queued or running",
+    ),
+    503: (
+        "The queue is full or unreachable; retry after Retry-After seconds.",
+        "queue-full",
+        "200 edits are waiting",
+    ),
+}
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these status codes, each a problem+json body with an example."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        description, slug, detail = _EXAMPLES[code]
+        example = problem_body(code, slug, detail)
+        responses[code] = {
+            "description": description,
+            "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA, "example": example}},
+        }
+    return responses

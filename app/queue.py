@@ -14,6 +14,10 @@ from app.jobs import JOB_FUNCTION, EditJob
 from app.settings import Settings
 
 WORKER_KEY_PREFIX = "soundedit:worker:"  # one hash per live worker, with a short TTL
+CANCEL_KEY_PREFIX = "soundedit:cancel:"  # set while a running edit should stop
+ACTIVE_KEY_PREFIX = "soundedit:active:"  # set of a client's queued and running edit ids
+IDEMPOTENCY_KEY_PREFIX = "soundedit:idempotency:"
+FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 
 
 def connect(settings: Settings) -> Redis:
@@ -64,20 +68,39 @@ STATUS_NAMES: dict[str, str] = {
 
 
 def edit_status(job: Job) -> str:
-    """The API's name for the job's state (as last fetched)."""
+    """The API's name for the job's state (as last fetched); a stopped edit is ``canceled``."""
+    if job.meta.get("canceled"):
+        return "canceled"
     status = job.get_status(refresh=False)
     key = status.value if isinstance(status, JobStatus) else str(status)
     return STATUS_NAMES.get(key, "queued")
 
 
+def request_cancel(redis: Redis, edit_id: str, ttl_s: int) -> None:
+    redis.set(CANCEL_KEY_PREFIX + edit_id, 1, ex=ttl_s)
+
+
+def cancel_requested(redis: Redis, edit_id: str) -> bool:
+    return bool(redis.exists(CANCEL_KEY_PREFIX + edit_id))
+
+
 def live_workers(redis: Redis) -> list[dict[str, str]]:
     """What each running edit worker reports about itself (profile, loads, jobs, ...)."""
-    workers = []
-    for key in redis.scan_iter(match=WORKER_KEY_PREFIX + "*"):
-        raw: dict[bytes, bytes] = redis.hgetall(key)  # type: ignore[assignment]
-        if raw:
-            workers.append({k.decode(): v.decode() for k, v in raw.items()})
-    return workers
+    workers = [
+        text_hash(redis, as_text(key)) for key in redis.scan_iter(match=WORKER_KEY_PREFIX + "*")
+    ]
+    return [worker for worker in workers if worker]
+
+
+def as_text(value: bytes | str) -> str:
+    """Redis answers bytes unless the client decodes; both are accepted."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def text_hash(redis: Redis, key: str) -> dict[str, str]:
+    """A Redis hash as ``str -> str``."""
+    raw: dict[bytes | str, bytes | str] = redis.hgetall(key)
+    return {as_text(k): as_text(v) for k, v in raw.items()}
 
 
 def isoformat(moment: datetime | None) -> str | None:

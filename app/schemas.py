@@ -15,10 +15,17 @@ class Progress(BaseModel):
     phase: str = Field(description="queued, loading, editing, saving or done.")
     step: int = Field(description="Optimisation steps done so far.")
     steps: int = Field(description="Optimisation steps in total.")
+    elapsed_s: float | None = Field(default=None, description="Seconds since a worker started it.")
+    eta_s: float | None = Field(default=None, description="Estimated seconds left, while running.")
 
 
 class EditLinks(BaseModel):
     self: str
+    events: str | None = Field(default=None, description="Server-Sent Events of this edit.")
+    preview: str | None = Field(default=None, description="The latest intermediate image (PNG).")
+    report: str | None = Field(
+        default=None, description="The quality report (JSON), once succeeded."
+    )
     result: str | None = Field(default=None, description="The edited image (PNG), once succeeded.")
     source: str | None = Field(default=None, description="The source image (PNG), once succeeded.")
     latent: str | None = Field(
@@ -51,6 +58,7 @@ class EditPublic(BaseModel):
     queue_position: int | None = Field(
         default=None, description="0 = next to run; only while queued."
     )
+    attempts: int = Field(default=0, description="Runs started; more than 1 after a worker died.")
     created_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None

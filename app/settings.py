@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProfileName = Literal["auto", "smoke", "ffhq", "landscape"]
@@ -38,9 +38,28 @@ class Settings(BaseSettings):
     max_steps: int = Field(default=1000, gt=0)
     default_steps: int | None = Field(default=None, gt=0)  # None: the profile's default
 
-    # How long job records and stored files are kept.
+    # How long job records and stored files are kept; how long one edit may run.
     result_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     job_timeout_s: int = Field(default=3600, gt=0)
+    max_attempts: int = Field(
+        default=3, gt=0
+    )  # runs of an edit whose worker died, before giving up
+
+    # Access and back-pressure.
+    api_keys: SecretStr | None = None  # comma-separated; unset: no authentication
+    max_active_per_key: int = Field(default=20, gt=0)  # queued + running edits of one key
+    max_queue_length: int = Field(default=200, gt=0)  # beyond it: 503 + Retry-After
+    cors_origins: str = ""  # comma-separated origins allowed by CORS; "*" for any
+
+    # Webhooks: the HMAC-SHA256 secret that signs every delivery (unset: webhooks refused).
+    webhook_secret: SecretStr | None = None
+
+    def api_key_list(self) -> tuple[str, ...]:
+        raw = self.api_keys.get_secret_value() if self.api_keys else ""
+        return tuple(key.strip() for key in raw.split(",") if key.strip())
+
+    def cors_origin_list(self) -> tuple[str, ...]:
+        return tuple(origin.strip() for origin in self.cors_origins.split(",") if origin.strip())
 
 
 @lru_cache

@@ -81,7 +81,7 @@ def run_edit(args: argparse.Namespace) -> int:
     steps = pick(args.steps, defaults.steps)
     with tqdm(total=steps, unit="step", desc="editing") as bar:
 
-        def on_step(step: int, total: int) -> None:
+        def on_step(step: int, total: int, _preview: np.ndarray | None) -> None:
             bar.total = total
             bar.update(step - bar.n)
 

@@ -32,7 +32,9 @@ SMOKE_CHANNELS = 64  # smoke generator width at every resolution
 REAL_CLIP_MODEL = "ViT-B-32"  # the paper's CLIP
 CLIP_MODES = ("paper", "upstream")  # how the CLIP loss sees the image (see EditEngine.edit)
 
-ProgressCallback = Callable[[int, int], None]  # (steps done, steps in total)
+# (steps done, steps in total, the current image as (H, W, 3) uint8 on preview steps else None)
+ProgressCallback = Callable[[int, int, np.ndarray | None], None]
+PREVIEWS_PER_RUN = 10  # intermediate images an edit offers, evenly spaced
 CancelCheck = Callable[[], bool]
 
 
@@ -180,12 +182,14 @@ class EditEngine:
             text_mode=text_mode,  # type: ignore[arg-type]
             clip_preprocess="upstream" if clip_mode == "upstream" else "resize",
             clip_loss_mode="upstream" if clip_mode == "upstream" else "cosine",
+            preview_every=max(1, steps // PREVIEWS_PER_RUN),
         )
         runs = 2 if text_emb is not None and text_mode == "mix" else 1
 
         def progress(info: StepInfo) -> None:
             if on_step is not None:
-                on_step(info.phase_index * info.steps + info.step + 1, runs * info.steps)
+                preview = to_uint8(info.image) if info.preview else None
+                on_step(info.phase_index * info.steps + info.step + 1, runs * info.steps, preview)
 
         result = edit(
             self.generator,

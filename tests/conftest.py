@@ -74,37 +74,20 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server on a free port, as the service runs it (AOF on, noeviction)."""
+def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """A real redis-server as the service runs it: AOF on, every write synced, noeviction."""
     binary = shutil.which("redis-server")
     assert binary, "redis-server is required (make system-deps installs it)"
-    port = free_port()
-    data = tmp_path_factory.mktemp("redis")
+    port = port or free_port()
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-         "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction"],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+         "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+         "--maxmemory-policy", "noeviction"],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
     wait_until(lambda: Redis.from_url(url).ping(), 10, "redis-server", process)
-    yield url
-    stop(process)
-
-
-@pytest.fixture(scope="session")
-def service_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for the service's processes: smoke profile, temporary storage and cache."""
-    root = tmp_path_factory.mktemp("service")
-    return {
-        **os.environ,
-        "SOUNDEDIT_REDIS_URL": redis_url,
-        "SOUNDEDIT_STORAGE_ROOT": str(root / "storage"),
-        "SOUNDEDIT_MODEL_CACHE": str(root / "models"),
-        "SOUNDEDIT_PROFILE": "smoke",
-        "SOUNDEDIT_DEVICE": "cpu",
-        "PYTHONUNBUFFERED": "1",
-    }
+    return process, url
 
 
 def start_api(env: dict[str, str], log_dir: Path) -> tuple[subprocess.Popen, str]:
@@ -120,36 +103,75 @@ def start_api(env: dict[str, str], log_dir: Path) -> tuple[subprocess.Popen, str
     return process, url
 
 
-@pytest.fixture(scope="session")
-def api_url(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The API whose edits the test worker serves."""
-    process, url = start_api(service_env, tmp_path_factory.mktemp("logs"))
-    yield url
-    stop(process)
-
-
-@pytest.fixture(scope="session")
-def idle_api_url(
-    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """An API whose queue no worker serves: its edits stay queued, whatever else runs."""
-    env = {**service_env, "SOUNDEDIT_QUEUE_NAME": "unserved"}
-    process, url = start_api(env, tmp_path_factory.mktemp("logs"))
-    yield url
-    stop(process)
-
-
-@pytest.fixture(scope="session")
-def worker_process(
-    service_env: dict[str, str], redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[subprocess.Popen]:
-    """One edit worker (smoke profile), ready once it has announced itself in Redis."""
-    log_path = tmp_path_factory.mktemp("logs") / "worker.log"
+def start_worker(env: dict[str, str], log_dir: Path) -> subprocess.Popen:
+    """An edit worker process, returned once it has loaded its models and announced itself."""
+    log = (log_dir / f"worker-{time.monotonic_ns()}.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "cli", "worker"],
-        env=service_env, cwd=ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    redis = Redis.from_url(redis_url)
-    wait_until(lambda: redis.keys("soundedit:worker:*"), START_TIMEOUT_S, "the worker", process)
+    redis = Redis.from_url(env["SOUNDEDIT_REDIS_URL"], decode_responses=True)
+
+    def announced() -> bool:
+        return any(
+            redis.hget(key, "pid") == str(process.pid)
+            for key in redis.scan_iter("soundedit:worker:*")
+        )
+
+    wait_until(announced, START_TIMEOUT_S, "the worker", process)
+    return process
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    process, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    stop(process)
+
+
+@pytest.fixture(scope="session")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+WEBHOOK_SECRET = "test-webhook-secret"
+
+
+@pytest.fixture(scope="session")
+def service_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for the service's processes: smoke profile, temporary storage and cache."""
+    root = tmp_path_factory.mktemp("service")
+    return {
+        **os.environ,
+        "SOUNDEDIT_REDIS_URL": redis_url,
+        "SOUNDEDIT_STORAGE_ROOT": str(root / "storage"),
+        "SOUNDEDIT_MODEL_CACHE": str(root / "models"),
+        "SOUNDEDIT_PROFILE": "smoke",
+        "SOUNDEDIT_DEVICE": "cpu",
+        "SOUNDEDIT_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture(scope="session")
+def api_url(service_env: dict[str, str], logs: Path) -> Iterator[str]:
+    """The API whose edits the test worker serves."""
+    process, url = start_api(service_env, logs)
+    yield url
+    stop(process)
+
+
+@pytest.fixture(scope="session")
+def idle_api_url(service_env: dict[str, str], logs: Path) -> Iterator[str]:
+    """An API whose queue no worker serves: its edits stay queued, whatever else runs."""
+    process, url = start_api({**service_env, "SOUNDEDIT_QUEUE_NAME": "unserved"}, logs)
+    yield url
+    stop(process)
+
+
+@pytest.fixture(scope="session")
+def worker_process(service_env: dict[str, str], logs: Path) -> Iterator[subprocess.Popen]:
+    """One edit worker (smoke profile) on the main queue."""
+    process = start_worker(service_env, logs)
     yield process
     stop(process)

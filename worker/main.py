@@ -2,6 +2,8 @@
 
 RQ's default worker forks a work-horse per job, so models loaded in a job would die with it
 (and a parent that touched CUDA cannot fork); the simple worker runs jobs in-process instead.
+Beside the job loop, two daemon threads keep the service healthy: one announces the worker and
+recovers edits of dead workers, one delivers webhooks.
 """
 
 from __future__ import annotations
@@ -10,36 +12,41 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
+from app import webhooks
 from app.queue import WORKER_KEY_PREFIX, connect, edit_queue
 from app.settings import Settings
 from worker import runtime
+from worker.watchdog import remove_expired_files, requeue_abandoned
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL_S = 5.0
-HEARTBEAT_TTL_S = 15  # the worker's status key vanishes this long after the process dies
+HEARTBEAT_INTERVAL_S = 3.0
+HEARTBEAT_TTL_S = 10  # the worker's status key vanishes this long after the process dies
+CLEANUP_INTERVAL_S = 600.0  # how often expired edits' files are looked for
+WEBHOOK_POLL_S = 0.5
 
 
 class EditWorker(SimpleWorker):
     """Loads the profile's models in ``__init__`` and reports itself in Redis while it lives."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
         kwargs.setdefault("serializer", JSONSerializer)
         super().__init__(*args, **kwargs)
+        self.settings = settings
         self.engine = runtime.engine()
         self.jobs_done = 0
         self.jobs_failed = 0
-        self._stop_beating = threading.Event()
+        self._stopping = threading.Event()
         self._status_key = WORKER_KEY_PREFIX + self.name
 
     def status(self) -> dict[str, str]:
-        job_id = self.get_current_job_id()
         return {
             "name": self.name,
             "pid": str(os.getpid()),
@@ -48,29 +55,55 @@ class EditWorker(SimpleWorker):
             "model_loads": str(runtime.model_loads),
             "jobs_done": str(self.jobs_done),
             "jobs_failed": str(self.jobs_failed),
-            "current_edit": job_id or "",
+            "current_edit": self.get_current_job_id() or "",
             "updated_at": datetime.now(UTC).isoformat(),
         }
 
+    def _every(self, interval_s: float, task: Callable[[], object], name: str) -> threading.Thread:
+        """Run ``task`` every ``interval_s`` until the worker stops; a failing run is logged."""
+
+        def loop() -> None:
+            while not self._stopping.is_set():
+                try:
+                    task()
+                except Exception as exc:  # a Redis blip must not kill the worker
+                    logger.warning("%s failed: %s", name, exc)
+                self._stopping.wait(interval_s)
+
+        thread = threading.Thread(target=loop, name=name, daemon=True)
+        thread.start()
+        return thread
+
     def _beat(self) -> None:
-        while not self._stop_beating.is_set():
-            try:
-                with self.connection.pipeline() as pipe:
-                    pipe.hset(self._status_key, mapping=self.status())  # type: ignore[arg-type]  # redis-py's key union
-                    pipe.expire(self._status_key, HEARTBEAT_TTL_S)
-                    pipe.execute()
-            except Exception as exc:  # Redis blips must not kill the worker
-                logger.warning("heartbeat failed: %s", exc)
-            self._stop_beating.wait(HEARTBEAT_INTERVAL_S)
+        with self.connection.pipeline() as pipe:
+            pipe.hset(self._status_key, mapping=self.status())  # type: ignore[arg-type]  # redis-py's key union
+            pipe.expire(self._status_key, HEARTBEAT_TTL_S)
+            pipe.execute()
+        for queue in self.queues:
+            requeue_abandoned(self.connection, queue, self.settings.max_attempts)
+
+    def _clean(self) -> None:
+        removed = remove_expired_files(self.connection, runtime.storage())
+        if removed:
+            logger.info("removed the files of %d expired edits", removed)
+
+    def _deliver(self) -> None:
+        secret = self.settings.webhook_secret
+        if secret is not None:
+            webhooks.deliver_due(self.connection, secret.get_secret_value())
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
-        beater = threading.Thread(target=self._beat, name="soundedit-heartbeat", daemon=True)
-        beater.start()
+        threads = [
+            self._every(HEARTBEAT_INTERVAL_S, self._beat, "soundedit-heartbeat"),
+            self._every(CLEANUP_INTERVAL_S, self._clean, "soundedit-cleanup"),
+            self._every(WEBHOOK_POLL_S, self._deliver, "soundedit-webhooks"),
+        ]
         try:
             return super().work(*args, **kwargs)
         finally:
-            self._stop_beating.set()
-            beater.join(timeout=HEARTBEAT_INTERVAL_S)
+            self._stopping.set()
+            for thread in threads:
+                thread.join(timeout=HEARTBEAT_INTERVAL_S)
             self.connection.delete(self._status_key)
 
     def handle_job_success(self, *args: Any, **kwargs: Any) -> None:
@@ -83,20 +116,19 @@ class EditWorker(SimpleWorker):
 
 
 def run_worker(settings: Settings, *, burst: bool = False) -> bool:
-    """Serve the queue of the profile this machine can run until stopped (or empty, if burst)."""
+    """Serve the queue of the profile this machine can run until stopped (or empty, if burst).
+
+    SIGTERM (or Ctrl-C) lets the current edit finish, then exits; a second one stops at once.
+    """
     redis = connect(settings)
     profile = runtime.profile()
-    queue = edit_queue(redis, settings, profile.name)
+    queue: Queue = edit_queue(redis, settings, profile.name)
     started = time.monotonic()
-    worker = EditWorker([queue], connection=redis)
+    worker = EditWorker([queue], connection=redis, settings=settings)
     logger.info(
         "worker %s serves %s with profile %r on %s (models loaded in %.1f s)",
-        worker.name,
-        queue.name,
-        profile.name,
-        worker.engine.device,
-        time.monotonic() - started,
-    )
+        worker.name, queue.name, profile.name, worker.engine.device, time.monotonic() - started,
+    )  # fmt: skip
     if profile.smoke:
         logger.warning("the smoke profile runs random weights: edits carry no meaning")
     return worker.work(burst=burst, with_scheduler=False)

@@ -1,13 +1,15 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes, and Prometheus metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from app.deps import ProfileDep, RedisDep, StorageDep
-from app.queue import live_workers
+from app.deps import ProfileDep, RedisDep, SettingsDep, StorageDep
+from app.metrics import render
+from app.queue import WORKER_KEY_PREFIX, edit_queue, live_workers
 from app.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -50,3 +52,16 @@ def readyz(redis: RedisDep, storage: StorageDep, profile: ProfileDep) -> JSONRes
         notes=notes,
     )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}
+    },
+    summary="Queue depth, edits by status, durations, workers, failures",
+)
+def metrics(redis: RedisDep, settings: SettingsDep, profile: ProfileDep) -> Response:
+    queue = edit_queue(redis, settings, profile.name)
+    return Response(render(redis, [queue], WORKER_KEY_PREFIX), media_type=CONTENT_TYPE_LATEST)

@@ -41,8 +41,16 @@ def test_edit_is_bit_identical_when_repeated(engine: EditEngine) -> None:
 
 def test_progress_reaches_every_step(engine: EditEngine) -> None:
     seen: list[tuple[int, int]] = []
-    run(engine, on_step=lambda step, total: seen.append((step, total)))
+    previews: list[np.ndarray] = []
+
+    def on_step(step: int, total: int, preview: np.ndarray | None) -> None:
+        seen.append((step, total))
+        if preview is not None:
+            previews.append(preview)
+
+    run(engine, on_step=on_step)
     assert seen == [(i, STEPS) for i in range(1, STEPS + 1)]
+    assert previews and previews[0].shape == (64, 64, 3) and previews[0].dtype == np.uint8
 
 
 def test_latent_source_round_trips(engine: EditEngine) -> None:

@@ -65,7 +65,9 @@ def test_edit_from_seed_end_to_end(
     state, seen = poll(api_url, edit_id)
     assert state["status"] == "succeeded", state
     assert seen[-1] == "succeeded" and set(seen) <= {"queued", "running", "succeeded"}
-    assert state["progress"] == {"phase": "done", "step": 12, "steps": 12}
+    progress = state["progress"]
+    assert (progress["phase"], progress["step"], progress["steps"]) == ("done", 12, 12)
+    assert progress["elapsed_s"] > 0 and progress["eta_s"] is None
     assert state["created_at"] and state["started_at"] and state["finished_at"]
 
     result = png(httpx.get(f"{api_url}{state['links']['result']}").content)
