@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 
 from app.limits import BodySizeLimit
 from app.problems import install_problem_handlers
@@ -65,4 +67,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(edits.router)
     app.include_router(health.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated schema, with optional file fields stated as files only.
+
+    FastAPI writes an optional ``UploadFile`` as "binary string or null", but a multipart part
+    cannot be null: a client may only leave it out.
+    """
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        for component in schema.get("components", {}).get("schemas", {}).values():
+            for prop in component.get("properties", {}).values():
+                options = prop.get("anyOf", [])
+                files = [
+                    o for o in options if "contentMediaType" in o or o.get("format") == "binary"
+                ]
+                if files and all(o in files or o.get("type") == "null" for o in options):
+                    prop.pop("anyOf")
+                    prop.update(files[0])
+        app.openapi_schema = schema
+    return app.openapi_schema

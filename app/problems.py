@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -74,6 +75,16 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "request"
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the API documents at this path (Starlette names only one route's)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Map every exception path of the app to a problem+json response."""
 
@@ -97,7 +108,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         slug = HTTP_SLUGS.get(exc.status_code, "http-error")
         body = problem_body(exc.status_code, slug, str(exc.detail), instance=request.url.path)
-        return problem_response(exc.status_code, body, getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return problem_response(exc.status_code, body, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -134,6 +148,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 _EXAMPLES: dict[int, tuple[str, str, str]] = {
+    400: ("The request body could not be parsed.", "http-error", "Invalid multipart data."),
     401: (
         "Missing or invalid API key.",
         "api-key-required",

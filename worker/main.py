@@ -51,6 +51,7 @@ class EditWorker(SimpleWorker):
             "name": self.name,
             "pid": str(os.getpid()),
             "profile": self.engine.profile.name,
+            "queues": ",".join(queue.name for queue in self.queues),
             "device": str(self.engine.device),
             "model_loads": str(runtime.model_loads),
             "jobs_done": str(self.jobs_done),

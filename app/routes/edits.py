@@ -208,7 +208,7 @@ def _failure(state: str) -> dict[str, Any] | None:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=EditCreated,
-    responses=problem_responses(401, 409, 413, 415, 422, 429, 503),
+    responses=problem_responses(400, 401, 409, 413, 415, 422, 429, 503),
     summary="Submit an edit",
 )
 async def create_edit(
@@ -395,7 +395,7 @@ def _queue_unavailable(exc: Exception) -> Problem:
 @router.get(
     "/{edit_id}",
     response_model=EditPublic,
-    responses=problem_responses(401, 404),
+    responses=problem_responses(401, 404, 422),
     summary="Follow an edit",
 )
 def get_edit(
@@ -409,7 +409,7 @@ def get_edit(
     response_model=EditPublic,
     responses={
         202: {"model": EditPublic, "description": "Running: it stops within a few steps."},
-        **problem_responses(401, 404, 409),
+        **problem_responses(401, 404, 409, 422),
     },
     summary="Cancel an edit",
 )
@@ -443,7 +443,7 @@ def cancel_edit(
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
-        **problem_responses(401, 404),
+        **problem_responses(401, 404, 422),
     },
     summary="Follow an edit as Server-Sent Events",
 )
@@ -468,7 +468,7 @@ def stream_edit_events(
     "/{edit_id}/{filename}",
     responses={
         200: {"content": {"image/png": {}, "application/octet-stream": {}, "application/json": {}}},
-        **problem_responses(401, 404, 409),
+        **problem_responses(401, 404, 409, 422),
     },
     summary="Download a file of an edit",
 )

@@ -26,12 +26,15 @@ def healthz() -> Health:
     responses={503: {"model": Readiness, "description": "Not ready; the body says why."}},
     summary="Redis answers, storage is writable, a worker has this profile's models loaded",
 )
-def readyz(redis: RedisDep, storage: StorageDep, profile: ProfileDep) -> JSONResponse:
+def readyz(
+    redis: RedisDep, storage: StorageDep, profile: ProfileDep, settings: SettingsDep
+) -> JSONResponse:
     notes: list[str] = []
     try:
         redis.ping()
         redis_ok = True
-        workers = [w for w in live_workers(redis) if w.get("profile") == profile.name]
+        queue = edit_queue(redis, settings, profile.name).name
+        workers = [w for w in live_workers(redis) if queue in w.get("queues", "").split(",")]
     except RedisError as exc:
         redis_ok, workers = False, []
         notes.append(f"redis unreachable: {exc}")
@@ -39,7 +42,7 @@ def readyz(redis: RedisDep, storage: StorageDep, profile: ProfileDep) -> JSONRes
     if not storage_ok:
         notes.append("storage is not writable")
     if redis_ok and not workers:
-        notes.append(f"no live worker serves profile {profile.name!r}")
+        notes.append(f"no live worker serves the queue of profile {profile.name!r}")
     if profile.smoke:
         notes.append("smoke profile: random weights, edits carry no meaning")
     ready = redis_ok and storage_ok and bool(workers)

@@ -9,9 +9,22 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import AUDIO
+from tests.conftest import AUDIO, IMAGES
 
 FIRE = (AUDIO / "fire.wav").read_bytes()
+PNG = (IMAGES / "coffee.png").read_bytes()
+
+
+def wav(seconds: float, rate: int = 8000) -> bytes:
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    tone = np.sin(np.arange(int(seconds * rate)) / 3).astype(np.float32)
+    sf.write(buffer, tone, rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+LONG_WAV = wav(61)  # over the default 60 s limit
 N_LATENT_SMOKE = 10  # the smoke generator renders 64 px: 2·log2(64) − 2 layers
 
 
@@ -83,6 +96,26 @@ def test_submit_returns_202_with_location(idle_api_url: str) -> None:
             422, "latent",
         ),
         ({"files": {"audio": ("a.wav", FIRE), "image": ("i.png", b"\x89PNG....")}}, 415, "image"),
+        ({"files": {"audio": ("a.wav", FIRE)}, "data": {"seed": str(2**32)}}, 422, "seed"),
+        ({"files": {"audio": ("a.wav", FIRE)}, "data": {"seed": "1", "random_seed": str(2**40)}}, 422, "random_seed"),
+        ({"files": {"audio": ("a.wav", FIRE)}, "data": {"seed": "1", "lambda_l2": "-1"}}, 422, "lambda_l2"),
+        ({"files": {"audio": ("a.wav", FIRE)}, "data": {"seed": "1", "lambda_id": "nan"}}, 422, "lambda_id"),
+        ({"files": {"audio": ("a.wav", FIRE)}, "data": {"seed": "1", "steps": "1.5"}}, 422, "steps"),
+        ({"files": {"audio": ("a.wav", FIRE)}, "data": {"seed": "1", "webhook_url": "ftp://x/y"}}, 422, "webhook_url"),
+        ({"files": {"audio": ("a.wav", FIRE)}, "data": {"seed": "1", "webhook_events": "succeeded"}}, 422, "webhook_url"),
+        (
+            {"files": {"audio": ("a.wav", FIRE)},
+             "data": {"seed": "1", "webhook_url": "http://127.0.0.1:9/h", "webhook_events": "exploded"}},
+            422, "webhook_events",
+        ),
+        ({"files": {"audio": ("a.wav", FIRE), "latent": ("l.npy", npy(np.zeros(512)))}}, 422, "latent"),
+        ({"files": {"audio": ("a.wav", FIRE), "latent": ("l.npy", npy(np.zeros((1, 1, 10, 512))))}}, 422, "latent"),
+        ({"files": {"audio": ("a.wav", FIRE), "latent": ("l.npy", npy(np.array([{"x": 1}], dtype=object)))}}, 415, "latent"),
+        ({"files": {"audio": ("a.wav", FIRE), "latent": ("l.npy", npy(np.array(["a"] * 10)))}}, 422, "latent"),
+        ({"files": {"audio": ("a.png", PNG)}, "data": {"seed": "1"}}, 415, "audio"),
+        ({"files": {"audio": ("a.wav", FIRE[:44])}, "data": {"seed": "1"}}, 422, "audio"),  # header, no samples
+        ({"files": {"audio": ("a.wav", b"RIFF" + b"\x00" * 40)}, "data": {"seed": "1"}}, 415, "audio"),
+        ({"files": {"audio": ("a.wav", LONG_WAV)}, "data": {"seed": "1"}}, 422, "audio"),
     ],
 )  # fmt: skip
 def test_bad_requests_get_problem_details(
@@ -162,3 +195,30 @@ def test_openapi_documents_the_routes(idle_api_url: str) -> None:
         "/readyz",
     } <= set(schema["paths"])
     assert httpx.get(f"{idle_api_url}/docs").status_code == 200
+
+
+def test_one_file_over_its_limit_is_413(idle_api_url: str) -> None:
+    huge = b"\0" * (25 * 1024 * 1024 + 1)  # the default per-file limit, plus one byte
+    assert_problem(post(idle_api_url, files={"audio": ("a.wav", huge)}, seed="1"), 413, "audio")
+
+
+def test_idempotency_key_too_long_is_422(idle_api_url: str) -> None:
+    response = httpx.post(
+        f"{idle_api_url}/edits", files={"audio": ("a.wav", FIRE)}, data={"seed": "1"},
+        headers={"Idempotency-Key": "k" * 300},
+    )  # fmt: skip
+    assert_problem(response, 422, "Idempotency-Key")
+
+
+def test_unknown_routes_and_methods(idle_api_url: str) -> None:
+    assert_problem(httpx.get(f"{idle_api_url}/nothing-here"), 404)
+    response = httpx.put(f"{idle_api_url}/edits/{'0' * 32}")
+    assert_problem(response, 405)
+    assert set(response.headers["allow"].split(", ")) == {"GET", "DELETE"}
+    assert_problem(httpx.get(f"{idle_api_url}/edits/{'0' * 32}/secrets.txt"), 422)
+    assert_problem(
+        httpx.post(
+            f"{idle_api_url}/edits", content=b"{}", headers={"content-type": "application/json"}
+        ),
+        422,
+    )
