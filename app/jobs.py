@@ -22,6 +22,8 @@ class Phase(StrEnum):
 
     queued = "queued"
     loading = "loading"  # decoding inputs, encoding the sound
+    aligning = "aligning"  # a photo: finding and aligning the face, or cropping
+    inverting = "inverting"  # a photo: projecting it into the generator's W+ space
     editing = "editing"  # the latent optimisation
     saving = "saving"
     done = "done"
@@ -39,6 +41,7 @@ class EditParameters(BaseModel):
     text_mode: Literal["mix", "sum"] = Field(
         description="How a text prompt joins the sound: W+ style mixing or a summed loss."
     )
+    inversion_steps: int = Field(ge=1, description="Steps projecting an uploaded photo into W+.")
 
 
 class SeedSource(BaseModel):
@@ -51,7 +54,16 @@ class LatentSource(BaseModel):
     key: str  # storage key of a float32 .npy of shape (n_latent, w_dim)
 
 
-Source = Annotated[SeedSource | LatentSource, Field(discriminator="kind")]
+MAX_FACE_INDEX = 31
+
+
+class ImageSource(BaseModel):
+    kind: Literal["image"] = "image"
+    key: str  # storage key of the uploaded photo, as sent
+    face_index: int = Field(default=0, ge=0, le=MAX_FACE_INDEX)  # 0 = the largest face
+
+
+Source = Annotated[SeedSource | LatentSource | ImageSource, Field(discriminator="kind")]
 
 
 class EditJob(BaseModel):
@@ -67,9 +79,12 @@ class EditJob(BaseModel):
 
 # Names of the files an edit leaves in storage (see ``app.storage.edit_key``).
 AUDIO_FILE = "audio"
+IMAGE_FILE = "image"  # an uploaded photo, as sent
 LATENT_IN_FILE = "source_latent.npy"
 RESULT_FILE = "result.png"
 SOURCE_FILE = "source.png"
 LATENT_FILE = "latent.npy"
 REPORT_FILE = "report.json"
+ALIGNED_FILE = "aligned.png"  # a photo source, aligned or cropped to the generator's size
+RECONSTRUCTION_FILE = "reconstruction.png"  # G(inverted latent): what the edit starts from
 PREVIEW_FILE = "preview.png"  # the latest intermediate image, replaced every few steps

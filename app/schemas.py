@@ -11,10 +11,20 @@ from app.jobs import EditParameters
 EditStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
+class PhaseProgress(BaseModel):
+    step: int
+    steps: int
+
+
 class Progress(BaseModel):
-    phase: str = Field(description="queued, loading, editing, saving or done.")
-    step: int = Field(description="Optimisation steps done so far.")
-    steps: int = Field(description="Optimisation steps in total.")
+    phase: str = Field(
+        description="queued, loading, aligning and inverting (photos), editing, saving or done."
+    )
+    step: int = Field(description="Steps of the current phase done so far.")
+    steps: int = Field(description="Steps of the current phase in total.")
+    phases: dict[str, PhaseProgress] = Field(
+        default_factory=dict, description="Each phase reached so far: aligning, inverting, editing."
+    )
     elapsed_s: float | None = Field(default=None, description="Seconds since a worker started it.")
     eta_s: float | None = Field(default=None, description="Estimated seconds left, while running.")
 
@@ -30,6 +40,13 @@ class EditLinks(BaseModel):
     source: str | None = Field(default=None, description="The source image (PNG), once succeeded.")
     latent: str | None = Field(
         default=None, description="The edited W+ latent (.npy, float32, [n_latent, 512])."
+    )
+    aligned: str | None = Field(
+        default=None, description="A photo source, aligned or cropped (PNG)."
+    )
+    reconstruction: str | None = Field(
+        default=None,
+        description="A photo source as the generator reproduces it: where the edit starts (PNG).",
     )
 
 

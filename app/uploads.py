@@ -9,6 +9,7 @@ import soundfile as sf
 from fastapi import UploadFile
 
 from app.problems import Problem
+from models.images import ImageError, load_image
 
 CHUNK_BYTES = 1 << 16
 
@@ -85,3 +86,12 @@ def check_latent(data: bytes, field: str, n_latent: int, w_dim: int) -> np.ndarr
     if not np.isfinite(array).all():
         raise Problem(422, "invalid-latent", f"{field} has non-finite values", field=field)
     return array
+
+
+def check_image(data: bytes, field: str, max_pixels: int) -> None:
+    """Refuse what the worker could not decode: not an image, a pixel bomb, too small."""
+    try:
+        load_image(data, max_pixels)
+    except ImageError as exc:
+        slug = {413: "image-too-large", 415: "unsupported-image"}.get(exc.status, "invalid-image")
+        raise Problem(exc.status, slug, f"{field}: {exc}", field=field) from exc

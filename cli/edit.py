@@ -27,6 +27,19 @@ def register(commands: Any) -> None:
     source.add_argument(
         "--latent", type=Path, help="start from this W+ latent (.npy, [n_latent, 512])"
     )
+    source.add_argument(
+        "--image", type=Path,
+        help="start from a photo: faces are aligned (other scenes centre-cropped) and inverted",
+    )  # fmt: skip
+    parser.add_argument(
+        "--face-index",
+        type=int,
+        default=0,
+        help="with --image: which face, 0 = largest (default 0)",
+    )
+    parser.add_argument(
+        "--inversion-steps", type=int, help="with --image: inversion steps (profile default)"
+    )
     parser.add_argument("--text", help=f"optional text guidance (≤ {MAX_TEXT_CHARS} characters)")
     parser.add_argument(
         "--text-mode", choices=("mix", "sum"), default="mix",
@@ -63,6 +76,7 @@ def run_edit(args: argparse.Namespace) -> int:
 
     from app.storage import npy_bytes
     from models.engine import EditEngine
+    from models.images import load_image
     from models.profiles import resolve_profile
     from worker.jobs import png_bytes
 
@@ -78,37 +92,53 @@ def run_edit(args: argparse.Namespace) -> int:
         return default if value is None else value
 
     latent = np.load(args.latent, allow_pickle=False) if args.latent else None
-    steps = pick(args.steps, defaults.steps)
-    with tqdm(total=steps, unit="step", desc="editing") as bar:
+    image = load_image(args.image.read_bytes(), settings.max_image_pixels) if args.image else None
+    bars: dict[str, tqdm] = {}
 
-        def on_step(step: int, total: int, _preview: np.ndarray | None) -> None:
-            bar.total = total
-            bar.update(step - bar.n)
+    def on_step(phase: str, step: int, total: int, _preview: np.ndarray | None) -> None:
+        bar = bars.get(phase)
+        if bar is None:
+            for earlier in bars.values():
+                earlier.close()
+            bar = bars[phase] = tqdm(total=total, unit="step", desc=phase)
+        bar.total = total
+        bar.update(step - bar.n)
 
-        try:
-            output = engine.edit(
-                args.audio.read_bytes(),
-                seed=args.seed,
-                latent=latent,
-                text=args.text,
-                steps=steps,
-                lr=pick(args.lr, defaults.lr),
-                lambda_l2=pick(args.lambda_l2, defaults.lambda_l2),
-                lambda_id=pick(args.lambda_id, defaults.lambda_id),
-                truncation=pick(args.truncation, defaults.truncation),
-                random_seed=args.random_seed,
-                text_mode=args.text_mode,
-                clip_mode=args.clip_mode,
-                on_step=on_step,
-            )
-        except ValueError as exc:
-            print(f"error: {exc}")
-            return 2
+    try:
+        output = engine.edit(
+            args.audio.read_bytes(),
+            seed=args.seed,
+            latent=latent,
+            image=image,
+            face_index=args.face_index,
+            inversion_steps=pick(args.inversion_steps, defaults.inversion_steps),
+            text=args.text,
+            steps=pick(args.steps, defaults.steps),
+            lr=pick(args.lr, defaults.lr),
+            lambda_l2=pick(args.lambda_l2, defaults.lambda_l2),
+            lambda_id=pick(args.lambda_id, defaults.lambda_id),
+            truncation=pick(args.truncation, defaults.truncation),
+            random_seed=args.random_seed,
+            text_mode=args.text_mode,
+            clip_mode=args.clip_mode,
+            on_step=on_step,
+        )
+    except ValueError as exc:  # a bad clip or photo, no face found, a wrong latent shape
+        print(f"error: {exc}")
+        return 2
+    finally:
+        for bar in bars.values():
+            bar.close()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "result.png").write_bytes(png_bytes(output.result))
     (args.out / "source.png").write_bytes(png_bytes(output.source))
     (args.out / "latent.npy").write_bytes(npy_bytes(output.latent))
     (args.out / "report.json").write_text(json.dumps(output.report, indent=2))
+    written = ["result.png", "source.png", "latent.npy", "report.json"]
+    if output.photo is not None:
+        (args.out / "aligned.png").write_bytes(png_bytes(output.photo.aligned))
+        (args.out / "reconstruction.png").write_bytes(png_bytes(output.photo.reconstruction))
+        written += ["aligned.png", "reconstruction.png"]
     print(json.dumps(output.report, indent=2))
-    print(f"wrote {args.out}/result.png, source.png, latent.npy, report.json")
+    print(f"wrote {', '.join(written)} to {args.out}")
     return 0

@@ -7,20 +7,23 @@ between profiles (smoke: seeded random weights of the same architectures).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from models.audio import audio_input, decode_audio
 from models.audio_encoder import AudioEncoder, load_audio_encoder, random_audio_encoder
 from models.clip import FrozenClip, load_clip, random_clip
 from models.identity import IdentityLoss, load_identity
+from models.invert import InvertStep
 from models.optimize import EditConfig, StepInfo, edit, start_from_seed
+from models.photo import PhotoSource, pil_to_tensor, prepare_photo, tensor_to_uint8
 from models.profiles import Profile
 from models.stylegan2 import Generator, random_generator
 from models.weights import WeightFile, cached_path, file_state, profile_files
@@ -31,19 +34,21 @@ SMOKE_SEED = 0  # seeds of the smoke profile's random weights: fixed, so results
 SMOKE_CHANNELS = 64  # smoke generator width at every resolution
 REAL_CLIP_MODEL = "ViT-B-32"  # the paper's CLIP
 CLIP_MODES = ("paper", "upstream")  # how the CLIP loss sees the image (see EditEngine.edit)
-
-# (steps done, steps in total, the current image as (H, W, 3) uint8 on preview steps else None)
-ProgressCallback = Callable[[int, int, np.ndarray | None], None]
 PREVIEWS_PER_RUN = 10  # intermediate images an edit offers, evenly spaced
+
+# (phase, steps done, steps in the phase, the current image as (H, W, 3) uint8 on preview
+# steps, else None); phases: "aligning", "inverting" (photos only), then "editing".
+ProgressCallback = Callable[[str, int, int, np.ndarray | None], None]
 CancelCheck = Callable[[], bool]
 
 
 @dataclass
 class EditOutput:
     result: np.ndarray  # (H, W, 3) uint8, the edited image
-    source: np.ndarray  # (H, W, 3) uint8, the image the edit started from
+    source: np.ndarray  # (H, W, 3) uint8, the image the edit started from: G(w_source)
     latent: np.ndarray  # (n_latent, w_dim) float32, the edited W+ latent
-    report: dict[str, Any]  # quality report (see models.optimize.edit)
+    report: dict[str, Any]  # quality report (see models.optimize.edit, plus the photo's)
+    photo: PhotoSource | None = None  # for a photo: the aligned input and its reconstruction
 
 
 def pick_device(name: str) -> torch.device:
@@ -51,12 +56,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def to_uint8(image: Tensor) -> np.ndarray:
-    """(1, 3, H, W) in about [-1, 1] -> (H, W, 3) uint8."""
-    pixels = (image[0].detach().float().clamp(-1, 1) + 1) * 127.5
-    return pixels.round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 class EditEngine:
@@ -81,36 +80,38 @@ class EditEngine:
     @classmethod
     def load(cls, profile: Profile, cache_dir: Path, device: str = "auto") -> EditEngine:
         target = pick_device(device)
+        files: dict[str, WeightFile] = {wf.role: wf for wf in profile_files(profile.name)}
+        identity = _load_identity(profile, files, cache_dir)
         if profile.smoke:
             return cls(
                 profile,
                 random_generator(profile.resolution, SMOKE_CHANNELS, seed=SMOKE_SEED),
                 random_clip(SMOKE_SEED),
                 random_audio_encoder(seed=SMOKE_SEED),
-                None,
+                identity,
                 target,
             )
         from models.checkpoints import load_generator
 
-        files = {wf.role: wf for wf in profile_files(profile.name)}
         generator = load_generator(_required(files["generator"], cache_dir))
         if generator.resolution != profile.resolution:
             raise ValueError(
                 f"the {profile.name} generator renders {generator.resolution} px; "
                 f"the profile expects {profile.resolution} px"
             )
-        identity_path = _optional(files["identity"], cache_dir) if "identity" in files else None
         return cls(
             profile,
             generator,
             load_clip(REAL_CLIP_MODEL, _required(files["clip"], cache_dir)),
             load_audio_encoder(_required(files["audio_encoder"], cache_dir)),
-            load_identity(identity_path) if identity_path is not None else None,
+            identity,
             target,
         )
 
     def describe(self) -> str:
-        identity = "identity loss on" if self.identity is not None else "no identity network"
+        identity = (
+            type(self.identity).__name__ if self.identity is not None else "no identity network"
+        )
         return (
             f"{self.profile.name}: {self.generator.resolution} px generator, "
             f"{self.generator.n_latent} W+ layers, {identity}, on {self.device}"
@@ -133,12 +134,11 @@ class EditEngine:
             array = latent[0] if latent.ndim == 3 and latent.shape[0] == 1 else latent
             if array.shape != (g.n_latent, g.w_dim):
                 raise ValueError(
-                    f"latent has shape {list(latent.shape)}; this generator needs "
-                    f"[{g.n_latent}, {g.w_dim}]"
+                    f"latent has shape {list(latent.shape)}; this generator needs [{g.n_latent}, {g.w_dim}]"
                 )
             return torch.from_numpy(np.asarray(array, dtype=np.float32))[None].to(self.device)
         if seed is None:
-            raise ValueError("give a seed or a latent")
+            raise ValueError("give a seed, a latent or an image")
         return start_from_seed(g, seed, truncation)
 
     def edit(
@@ -147,6 +147,9 @@ class EditEngine:
         *,
         seed: int | None = None,
         latent: np.ndarray | None = None,
+        image: Image.Image | None = None,
+        face_index: int = 0,
+        inversion_steps: int | None = None,
         text: str | None = None,
         steps: int,
         lr: float,
@@ -159,17 +162,25 @@ class EditEngine:
         on_step: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> EditOutput:
-        """Paper Eq. 2 from ``seed``/``latent`` toward ``audio`` (and ``text``, if given).
+        """Paper Eq. 2 from ``seed``, ``latent`` or a photo (``image``) toward ``audio``.
 
-        ``clip_mode`` "paper" feeds CLIP an antialiased resize with CLIP's normalisation and uses
-        1 − cos; "upstream" reproduces the official code exactly (nearest ×7 upsampling + average
-        pooling, no normalisation, 1 − cos·e^0.07). See ``models.clip``.
+        A photo is aligned (faces) or centre-cropped, then inverted into W+ first. ``text`` joins
+        the sound (``text_mode``). ``clip_mode`` "paper" feeds CLIP an antialiased resize with
+        CLIP's normalisation and uses 1 − cos; "upstream" reproduces the official code exactly
+        (nearest ×7 upsampling + average pooling, no normalisation, 1 − cos·e^0.07).
         """
         if clip_mode not in CLIP_MODES:
             raise ValueError(f"clip_mode must be one of {list(CLIP_MODES)}, got {clip_mode!r}")
         torch.manual_seed(random_seed)
-        w_source = self.start_latent(seed, latent, truncation)
-        audio_emb = self.embed_audio(audio)
+        audio_emb = self.embed_audio(audio)  # first: a bad clip fails before any long phase
+        photo = None
+        if image is not None:
+            photo = self._invert_photo(
+                image, face_index, inversion_steps or steps, on_step, should_cancel
+            )
+            w_source = photo.latent.to(self.device)
+        else:
+            w_source = self.start_latent(seed, latent, truncation)
         text_emb = None
         if text:
             with torch.no_grad():
@@ -188,8 +199,13 @@ class EditEngine:
 
         def progress(info: StepInfo) -> None:
             if on_step is not None:
-                preview = to_uint8(info.image) if info.preview else None
-                on_step(info.phase_index * info.steps + info.step + 1, runs * info.steps, preview)
+                preview = tensor_to_uint8(info.image) if info.preview else None
+                on_step(
+                    "editing",
+                    info.phase_index * info.steps + info.step + 1,
+                    runs * info.steps,
+                    preview,
+                )
 
         result = edit(
             self.generator,
@@ -205,12 +221,81 @@ class EditEngine:
         report = {**result.report, "profile": self.profile.name, "clip_mode": clip_mode}
         if lambda_id > 0 and self.identity is None:
             report["identity_loss"] = "off: no identity network in this profile"
+        if self.identity is not None:
+            # Identity kept from what the user gave: the photo itself, else the source image.
+            reference = (
+                pil_to_tensor(Image.fromarray(photo.aligned), self.device)
+                if photo
+                else result.source_image
+            )
+            with torch.no_grad():
+                report["identity_similarity"] = float(
+                    self.identity.similarity(reference, result.image)[0]
+                )
+        if photo is not None:
+            report.update(
+                reconstruction_psnr=photo.psnr,
+                reconstruction_ssim=photo.ssim,
+                faces_found=photo.faces_found,
+                inversion_steps=inversion_steps or steps,
+            )
         return EditOutput(
-            result=to_uint8(result.image),
-            source=to_uint8(result.source_image),
+            result=tensor_to_uint8(result.image),
+            source=tensor_to_uint8(result.source_image),
             latent=result.w[0].detach().float().cpu().numpy(),
             report=report,
+            photo=photo,
         )
+
+    def _invert_photo(
+        self,
+        image: Image.Image,
+        face_index: int,
+        steps: int,
+        on_step: ProgressCallback | None,
+        should_cancel: CancelCheck | None,
+    ) -> PhotoSource:
+        def phase(name: str) -> None:
+            if on_step is None:
+                return
+            if name == "inverting":  # aligning is over
+                on_step("aligning", 1, 1, None)
+                on_step("inverting", 0, steps, None)
+            else:
+                on_step(name, 0, 1, None)
+
+        def inverted(info: InvertStep) -> None:
+            if on_step is not None:
+                preview = tensor_to_uint8(info.image) if info.preview else None
+                on_step("inverting", info.step + 1, info.steps, preview)
+
+        return prepare_photo(
+            self.generator,
+            image,
+            domain=self.profile.domain,
+            face_index=face_index,
+            steps=steps,
+            on_step=inverted,
+            should_cancel=should_cancel,
+            identity=self.identity,
+            on_phase=phase,
+        )
+
+
+def _load_identity(
+    profile: Profile, files: Mapping[str, WeightFile], cache_dir: Path
+) -> IdentityLoss | None:
+    """The profile's first identity network that can be had (IR-SE50 needs its weights)."""
+    for name in profile.identity:
+        if name == "ir_se50" and "identity" in files:
+            path = _optional(files["identity"], cache_dir)
+            if path is not None:
+                return load_identity(path)
+        elif name == "sface":
+            from models.sface import load_sface_identity
+
+            return load_sface_identity()
+    return None
 
 
 def _required(wf: WeightFile, cache_dir: Path) -> Path:

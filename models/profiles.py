@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 W_DIM = 512  # StyleGAN2 style dimension for every profile here
 
@@ -20,6 +21,7 @@ class EditDefaults:
     lambda_l2: float
     lambda_id: float
     truncation: float
+    inversion_steps: int  # projecting an uploaded photo into W+
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class Profile:
     description: str
     resolution: int  # generator output H = W
     defaults: EditDefaults
+    domain: Literal["face", "other"]  # faces are aligned FFHQ-style; other photos centre-cropped
+    identity: tuple[str, ...] = ()  # identity networks, in order of preference: "ir_se50", "sface"
     smoke: bool = False  # random weights: results carry no meaning
 
     @property
@@ -41,13 +45,20 @@ PROFILES: dict[str, Profile] = {
         name="ffhq",
         description="StyleGAN2 FFHQ 1024 px faces, CLIP ViT-B/32 (openai), the paper's audio encoder",
         resolution=1024,
-        defaults=EditDefaults(steps=300, lr=0.05, lambda_l2=0.008, lambda_id=0.005, truncation=0.7),
+        defaults=EditDefaults(
+            steps=300, lr=0.05, lambda_l2=0.008, lambda_id=0.005, truncation=0.7, inversion_steps=500
+        ),
+        domain="face",
+        identity=("ir_se50", "sface"),
     ),
     "landscape": Profile(
         name="landscape",
         description="The paper's 256 px landscape StyleGAN2, CLIP ViT-B/32, the paper's audio encoder",
         resolution=256,
-        defaults=EditDefaults(steps=300, lr=0.05, lambda_l2=0.002, lambda_id=0.0, truncation=0.7),
+        defaults=EditDefaults(
+            steps=300, lr=0.05, lambda_l2=0.002, lambda_id=0.0, truncation=0.7, inversion_steps=500
+        ),
+        domain="other",
     ),
     "smoke": Profile(
         name="smoke",
@@ -56,7 +67,11 @@ PROFILES: dict[str, Profile] = {
             "a tiny CLIP, the official audio encoder layout): proves the pipeline, edits mean nothing"
         ),
         resolution=64,
-        defaults=EditDefaults(steps=20, lr=0.05, lambda_l2=0.008, lambda_id=0.0, truncation=0.7),
+        defaults=EditDefaults(
+            steps=20, lr=0.05, lambda_l2=0.008, lambda_id=0.0, truncation=0.7, inversion_steps=30
+        ),
+        domain="face",
+        identity=("sface",),
         smoke=True,
     ),
 }

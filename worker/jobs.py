@@ -15,10 +15,11 @@ from rq import get_current_job
 from rq.job import Job
 
 from app import jobs, metrics, webhooks
-from app.jobs import EditJob, LatentSource, Phase
+from app.jobs import EditJob, ImageSource, LatentSource, Phase, SeedSource
 from app.problems import problem_body
 from app.queue import cancel_requested
 from app.storage import edit_key, npy_bytes
+from models.images import load_image
 from models.optimize import EditCanceled
 from worker import runtime
 
@@ -116,30 +117,39 @@ def _edit(request: EditJob, progress: Progress) -> dict[str, Any]:
         )
     store = runtime.storage()
     audio = store.get(request.audio_key)
-    latent = None
-    if isinstance(request.source, LatentSource):
-        latent = np.load(io.BytesIO(store.get(request.source.key)), allow_pickle=False)
-    seed = None if latent is not None else request.source.seed  # type: ignore[union-attr]
+    source = request.source
     params = request.params
     redis = progress.job.connection if progress.job is not None else None
+    phases: dict[str, dict[str, int]] = progress.meta.setdefault("phases", {})
+    previews = 0
 
-    def on_step(step: int, steps: int, preview: np.ndarray | None) -> None:
+    def on_step(phase: str, step: int, steps: int, preview: np.ndarray | None) -> None:
+        nonlocal previews
         now = time.monotonic()
-        if redis is not None:
+        if redis is not None and step > 0:
             metrics.observe(redis, "step_seconds", now - progress.last_step_at)
         progress.last_step_at = now
+        phases[phase] = {"step": step, "steps": steps}
         if preview is not None:
+            previews += 1
             store.put(edit_key(request.edit_id, jobs.PREVIEW_FILE), png_bytes(preview))
-            progress.meta["preview_step"] = step
-        progress.save(
-            Phase.editing, force=step == steps or preview is not None, step=step, steps=steps
-        )
+            progress.meta["preview_step"] = previews  # counts up across phases
+        boundary = step in (0, steps)
+        progress.save(Phase(phase), force=boundary or preview is not None, step=step, steps=steps)
 
     try:
-        output = runtime.engine().edit(
+        latent = image = None
+        if isinstance(source, LatentSource):
+            latent = np.load(io.BytesIO(store.get(source.key)), allow_pickle=False)
+        elif isinstance(source, ImageSource):
+            image = load_image(store.get(source.key), runtime.settings().max_image_pixels)
+        output = engine.edit(
             audio,
-            seed=seed,
+            seed=source.seed if isinstance(source, SeedSource) else None,
             latent=latent,
+            image=image,
+            face_index=source.face_index if isinstance(source, ImageSource) else 0,
+            inversion_steps=params.inversion_steps,
             text=request.text,
             steps=params.steps,
             lr=params.lr,
@@ -151,16 +161,21 @@ def _edit(request: EditJob, progress: Progress) -> dict[str, Any]:
             on_step=on_step,
             should_cancel=progress.canceled,
         )
-    except ValueError as exc:  # undecodable audio, wrong latent shape, ...
+    except ValueError as exc:  # undecodable audio or image, no face found, wrong latent shape
         raise EditInputError(str(exc)) from exc
 
     progress.save(Phase.saving, force=True)
-    store.put(edit_key(request.edit_id, jobs.RESULT_FILE), png_bytes(output.result))
-    store.put(edit_key(request.edit_id, jobs.SOURCE_FILE), png_bytes(output.source))
-    store.put(edit_key(request.edit_id, jobs.LATENT_FILE), npy_bytes(output.latent))
-    store.put(
-        edit_key(request.edit_id, jobs.REPORT_FILE), json.dumps(output.report, indent=2).encode()
-    )
+    outputs = {
+        jobs.RESULT_FILE: png_bytes(output.result),
+        jobs.SOURCE_FILE: png_bytes(output.source),
+        jobs.LATENT_FILE: npy_bytes(output.latent),
+        jobs.REPORT_FILE: json.dumps(output.report, indent=2).encode(),
+    }
+    if output.photo is not None:
+        outputs[jobs.ALIGNED_FILE] = png_bytes(output.photo.aligned)
+        outputs[jobs.RECONSTRUCTION_FILE] = png_bytes(output.photo.reconstruction)
+    for name, data in outputs.items():
+        store.put(edit_key(request.edit_id, name), data)
     return output.report
 
 

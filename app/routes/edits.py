@@ -18,7 +18,7 @@ from rq.job import Job
 from app import admission, jobs, webhooks
 from app.deps import ClientDep, ProfileDep, RedisDep, SettingsDep, StorageDep
 from app.events import edit_events
-from app.jobs import EditJob, EditParameters, LatentSource, SeedSource
+from app.jobs import EditJob, EditParameters, ImageSource, LatentSource, SeedSource
 from app.problems import Problem, problem_responses
 from app.queue import (
     FINAL_STATUSES,
@@ -32,7 +32,7 @@ from app.queue import (
 from app.schemas import EditCreated, EditLinks, EditPublic, ProfileInfo, Progress
 from app.settings import Settings
 from app.storage import edit_key, npy_bytes
-from app.uploads import check_audio, check_latent, read_upload
+from app.uploads import check_audio, check_image, check_latent, read_upload
 from models.profiles import PROFILES, W_DIM, Profile
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ class EditFile(StrEnum):
     latent = jobs.LATENT_FILE
     report = jobs.REPORT_FILE
     preview = jobs.PREVIEW_FILE
+    aligned = jobs.ALIGNED_FILE
+    reconstruction = jobs.RECONSTRUCTION_FILE
 
 
 MEDIA_TYPES = {
@@ -59,6 +61,8 @@ MEDIA_TYPES = {
     EditFile.latent: "application/octet-stream",
     EditFile.report: "application/json",
     EditFile.preview: "image/png",
+    EditFile.aligned: "image/png",
+    EditFile.reconstruction: "image/png",
 }
 
 
@@ -73,6 +77,9 @@ def _links(edit_id: str, state: str, meta: dict[str, Any]) -> EditLinks:
         links.source = f"{base}/{EditFile.source}"
         links.latent = f"{base}/{EditFile.latent}"
         links.report = f"{base}/{EditFile.report}"
+        if meta.get("source", {}).get("kind") == "image":
+            links.aligned = f"{base}/{EditFile.aligned}"
+            links.reconstruction = f"{base}/{EditFile.reconstruction}"
     return links
 
 
@@ -91,11 +98,14 @@ def _profile_info(profile: Profile) -> ProfileInfo:
 
 def _parameters(profile: Profile, settings: Settings, **given: Any) -> EditParameters:
     """The client's values over the server's and the profile's defaults, within the server's bounds."""
-    steps = given["steps"]
-    if steps is not None and steps > settings.max_steps:
-        raise Problem(
-            422, "out-of-range", f"steps must be between 1 and {settings.max_steps}", field="steps"
-        )
+    for name in ("steps", "inversion_steps"):
+        if given[name] is not None and given[name] > settings.max_steps:
+            raise Problem(
+                422,
+                "out-of-range",
+                f"{name} must be between 1 and {settings.max_steps}",
+                field=name,
+            )
     defaults = profile.defaults
     default_steps = min(settings.default_steps or defaults.steps, settings.max_steps)
 
@@ -110,6 +120,7 @@ def _parameters(profile: Profile, settings: Settings, **given: Any) -> EditParam
         truncation=pick("truncation", defaults.truncation),
         random_seed=pick("random_seed", 0),
         text_mode=given["text_mode"],
+        inversion_steps=pick("inversion_steps", min(defaults.inversion_steps, settings.max_steps)),
     )
 
 
@@ -174,6 +185,7 @@ def describe(job: Job, settings: Settings, redis: Any) -> EditPublic:
             phase=meta.get("phase", jobs.Phase.queued),
             step=step,
             steps=steps,
+            phases=meta.get("phases", {}),
             elapsed_s=elapsed,
             eta_s=eta,
         ),
@@ -233,7 +245,21 @@ async def create_edit(
     ] = None,
     image: Annotated[
         UploadFile | None,
-        File(description="Source: a photo. Needs inversion, which no profile offers yet (415)."),
+        File(
+            description="Source: a photo (PNG, JPEG, WebP, BMP, GIF): faces are aligned, other scenes centre-cropped, then inverted into W+."
+        ),
+    ] = None,
+    face_index: Annotated[
+        int,
+        Form(
+            ge=0,
+            le=jobs.MAX_FACE_INDEX,
+            description="With `image`: which face to edit, 0 = the largest.",
+        ),
+    ] = 0,
+    inversion_steps: Annotated[
+        int | None,
+        Form(ge=1, description="With `image`: steps projecting it into W+ (profile default)."),
     ] = None,
     text: Annotated[
         str | None,
@@ -291,17 +317,10 @@ async def create_edit(
     fields = {
         "steps": steps, "lr": lr, "lambda_l2": lambda_l2, "lambda_id": lambda_id,
         "truncation": truncation, "random_seed": random_seed, "text_mode": text_mode,
+        "inversion_steps": inversion_steps,
     }  # fmt: skip
     params = _parameters(profile, settings, **fields)
     webhook = _webhook(webhook_url, webhook_events, settings)
-    if image is not None:
-        raise Problem(
-            415, "image-source-unsupported",
-            f"profile {profile.name!r} cannot edit uploaded photos yet (that needs inversion "
-            "into the generator's latent space); send a seed or a W+ latent instead",
-            field="image",
-        )  # fmt: skip
-
     audio_bytes = await read_upload(audio, "audio", settings.max_upload_bytes)
     check_audio(audio_bytes, "audio", settings.max_audio_seconds)
     uploads = {"audio": audio_bytes}
@@ -309,6 +328,9 @@ async def create_edit(
     if latent is not None:
         uploads["latent"] = await read_upload(latent, "latent", settings.max_upload_bytes)
         latent_array = check_latent(uploads["latent"], "latent", profile.n_latent, W_DIM)
+    if image is not None:
+        uploads["image"] = await read_upload(image, "image", settings.max_upload_bytes)
+        check_image(uploads["image"], "image", settings.max_image_pixels)
 
     edit_id = uuid.uuid4().hex
     try:
@@ -337,10 +359,13 @@ async def create_edit(
             admission.release_idempotency_key(redis, client, idempotency_key)
         raise
 
-    source: SeedSource | LatentSource
+    source: SeedSource | LatentSource | ImageSource
     if latent_array is not None:
         source = LatentSource(key=edit_key(edit_id, jobs.LATENT_IN_FILE))
         storage.put(source.key, npy_bytes(latent_array))
+    elif image is not None:
+        source = ImageSource(key=edit_key(edit_id, jobs.IMAGE_FILE), face_index=face_index)
+        storage.put(source.key, uploads["image"])
     else:
         assert seed is not None
         source = SeedSource(seed=seed)
@@ -362,7 +387,7 @@ async def create_edit(
         "attempts": 0,
         "owner": client,
         "webhook": webhook,
-        "source": {"kind": "seed", "seed": seed} if seed is not None else {"kind": "latent"},
+        "source": source.model_dump(exclude={"key"}),
         "audio_filename": audio.filename,
     }
     try:

@@ -8,8 +8,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import AUDIO, IMAGES
+from tests.models.test_images import encode, png_declaring
 
 FIRE = (AUDIO / "fire.wav").read_bytes()
 PNG = (IMAGES / "coffee.png").read_bytes()
@@ -116,6 +118,12 @@ def test_submit_returns_202_with_location(idle_api_url: str) -> None:
         ({"files": {"audio": ("a.wav", FIRE[:44])}, "data": {"seed": "1"}}, 422, "audio"),  # header, no samples
         ({"files": {"audio": ("a.wav", b"RIFF" + b"\x00" * 40)}, "data": {"seed": "1"}}, 415, "audio"),
         ({"files": {"audio": ("a.wav", LONG_WAV)}, "data": {"seed": "1"}}, 422, "audio"),
+        ({"files": {"audio": ("a.wav", FIRE), "image": ("i.png", png_declaring(30000, 30000))}}, 413, "image"),
+        ({"files": {"audio": ("a.wav", FIRE), "image": ("i.png", encode(Image.new("RGB", (1, 1)), "PNG"))}}, 422, "image"),
+        ({"files": {"audio": ("a.wav", FIRE), "image": ("i.png", PNG[: len(PNG) // 2])}}, 415, "image"),
+        ({"files": {"audio": ("a.wav", FIRE), "image": ("i.tif", encode(Image.new("RGB", (64, 64)), "TIFF"))}}, 415, "image"),
+        ({"files": {"audio": ("a.wav", FIRE), "image": ("i.png", PNG)}, "data": {"face_index": "99"}}, 422, "face_index"),
+        ({"files": {"audio": ("a.wav", FIRE), "image": ("i.png", PNG)}, "data": {"inversion_steps": "0"}}, 422, "inversion_steps"),
     ],
 )  # fmt: skip
 def test_bad_requests_get_problem_details(
@@ -222,3 +230,14 @@ def test_unknown_routes_and_methods(idle_api_url: str) -> None:
         ),
         422,
     )
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA", "P"])
+def test_photos_in_any_common_mode_are_accepted(idle_api_url: str, mode: str) -> None:
+    photo = Image.open(IMAGES / "astronaut.png").convert(mode)
+    data = encode(photo, "JPEG" if mode == "CMYK" else "PNG")
+    response = post(idle_api_url, files={"audio": ("a.wav", FIRE), "image": ("p", data)})
+    assert response.status_code == 202, response.text
+    state = httpx.get(f"{idle_api_url}/edits/{response.json()['id']}").json()
+    assert state["source"] == {"kind": "image", "face_index": 0}
+    assert state["parameters"]["inversion_steps"] == 30  # the smoke profile's default

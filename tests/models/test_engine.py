@@ -43,7 +43,8 @@ def test_progress_reaches_every_step(engine: EditEngine) -> None:
     seen: list[tuple[int, int]] = []
     previews: list[np.ndarray] = []
 
-    def on_step(step: int, total: int, preview: np.ndarray | None) -> None:
+    def on_step(phase: str, step: int, total: int, preview: np.ndarray | None) -> None:
+        assert phase == "editing"
         seen.append((step, total))
         if preview is not None:
             previews.append(preview)
