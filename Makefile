@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server docker-compose
+APT_PACKAGES := redis-server docker-compose wordnet-base
 
 .PHONY: serve test test-fast lint system-deps install clean
 

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
 
     # Which models the worker loads.
     profile: ProfileName = "auto"
+    audio_encoder: Path | None = None  # a trained encoder (soundedit train) replacing the profile's
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
 
     # Upload limits.

@@ -83,7 +83,10 @@ def run_edit(args: argparse.Namespace) -> int:
     settings = get_settings()
     profile = resolve_profile(args.profile or settings.profile, settings.model_cache)
     engine = EditEngine.load(
-        profile, cache_dir=settings.model_cache, device=args.device or settings.device
+        profile,
+        cache_dir=settings.model_cache,
+        device=args.device or settings.device,
+        audio_encoder=settings.audio_encoder,
     )
     print(f"profile {profile.name}: {engine.describe()}")
     defaults = profile.defaults

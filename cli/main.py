@@ -7,7 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from cli import edit, models, serve
+from cli import edit, manifest, models, serve, train
+from cli import eval as evaluate
 
 PACKAGES = ("app", "worker", "models", "cli", "rq.worker", "uvicorn")
 
@@ -25,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(commands)
     edit.register(commands)
     models.register(commands)
+    manifest.register(commands)
+    train.register(commands)
+    evaluate.register(commands)
     return parser
 
 

@@ -78,8 +78,16 @@ class EditEngine:
         self.device = device
 
     @classmethod
-    def load(cls, profile: Profile, cache_dir: Path, device: str = "auto") -> EditEngine:
+    def load(
+        cls,
+        profile: Profile,
+        cache_dir: Path,
+        device: str = "auto",
+        audio_encoder: Path | None = None,
+    ) -> EditEngine:
+        """The profile's models; ``audio_encoder`` replaces its audio encoder with a trained one."""
         target = pick_device(device)
+        encoder = load_audio_encoder(audio_encoder) if audio_encoder is not None else None
         files: dict[str, WeightFile] = {wf.role: wf for wf in profile_files(profile.name)}
         identity = _load_identity(profile, files, cache_dir)
         if profile.smoke:
@@ -87,7 +95,7 @@ class EditEngine:
                 profile,
                 random_generator(profile.resolution, SMOKE_CHANNELS, seed=SMOKE_SEED),
                 random_clip(SMOKE_SEED),
-                random_audio_encoder(seed=SMOKE_SEED),
+                encoder or random_audio_encoder(seed=SMOKE_SEED),
                 identity,
                 target,
             )
@@ -103,7 +111,7 @@ class EditEngine:
             profile,
             generator,
             load_clip(REAL_CLIP_MODEL, _required(files["clip"], cache_dir)),
-            load_audio_encoder(_required(files["audio_encoder"], cache_dir)),
+            encoder or load_audio_encoder(_required(files["audio_encoder"], cache_dir)),
             identity,
             target,
         )

@@ -43,7 +43,12 @@ def engine() -> EditEngine:
             chosen = profile()
             current = settings()
             logger.info("loading models for profile %r on %s", chosen.name, current.device)
-            _engine = EditEngine.load(chosen, cache_dir=current.model_cache, device=current.device)
+            _engine = EditEngine.load(
+                chosen,
+                cache_dir=current.model_cache,
+                device=current.device,
+                audio_encoder=current.audio_encoder,
+            )
             model_loads += 1
             logger.info("models loaded (load #%d): %s", model_loads, _engine.describe())
         return _engine

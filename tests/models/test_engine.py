@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import models
 from cli.main import main
+from models.audio_encoder import random_audio_encoder
 from models.engine import EditEngine
 from models.profiles import PROFILES
 from tests.conftest import AUDIO
@@ -89,3 +91,15 @@ def test_cli_edit_writes_outputs(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["steps"] == 3 and report["profile"] == "smoke"
     assert np.load(tmp_path / "latent.npy").shape == (10, 512)
+
+
+def test_a_trained_audio_encoder_replaces_the_profiles(tmp_path: Path) -> None:
+    trained = random_audio_encoder(
+        seed=7
+    )  # stands for `soundedit train`'s encoder.pt: a plain state dict
+    torch.save(trained.state_dict(), tmp_path / "encoder.pt")
+    engine = EditEngine.load(
+        PROFILES["smoke"], cache_dir=tmp_path, device="cpu", audio_encoder=tmp_path / "encoder.pt"
+    )
+    for name, value in trained.state_dict().items():
+        assert torch.equal(engine.audio_encoder.state_dict()[name], value), name
