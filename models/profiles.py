@@ -46,7 +46,12 @@ PROFILES: dict[str, Profile] = {
         description="StyleGAN2 FFHQ 1024 px faces, CLIP ViT-B/32 (openai), the paper's audio encoder",
         resolution=1024,
         defaults=EditDefaults(
-            steps=300, lr=0.05, lambda_l2=0.008, lambda_id=0.005, truncation=0.7, inversion_steps=500
+            steps=300,
+            lr=0.05,
+            lambda_l2=0.008,
+            lambda_id=0.005,
+            truncation=0.7,
+            inversion_steps=500,
         ),
         domain="face",
         identity=("ir_se50", "sface"),
