@@ -3,10 +3,11 @@
 FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 DEBIAN_FRONTEND=noninteractive
+# Ubuntu 24.04's Python is 3.12; wordnet-base serves `soundedit train`'s prompt augmentation.
 RUN apt-get update && apt-get install -y --no-install-recommends \
-        python3.11 python3.11-venv libsndfile1 \
+        python3 python3-venv libsndfile1 wordnet-base \
     && rm -rf /var/lib/apt/lists/*
-RUN python3.11 -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /srv
 COPY pyproject.toml README.md ./
