@@ -112,7 +112,7 @@ def test_failed_job_reports_and_worker_goes_on(
     LocalStorage(settings.storage_root).put(audio_key, b"this is not audio")
     params = EditParameters(
         steps=3, lr=0.05, lambda_l2=0.008, lambda_id=0, truncation=0.7, random_seed=0,
-        text_mode="mix",
+        text_mode="mix", inversion_steps=1,
     )  # fmt: skip
     job = EditJob(
         edit_id=edit_id,
