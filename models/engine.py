@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
 from models.audio import audio_input, decode_audio
 from models.audio_encoder import AudioEncoder, load_audio_encoder, random_audio_encoder
@@ -69,8 +69,10 @@ class EditEngine:
         audio_encoder: AudioEncoder,
         identity: IdentityLoss | None,
         device: torch.device,
+        perceptual: nn.Module | None = None,
     ) -> None:
         self.profile = profile
+        self.perceptual = perceptual.to(device) if perceptual is not None else None  # LPIPS
         self.generator = generator.to(device)
         self.clip = clip.to(device)
         self.audio_encoder = audio_encoder.to(device)
@@ -114,6 +116,7 @@ class EditEngine:
             encoder or load_audio_encoder(_required(files["audio_encoder"], cache_dir)),
             identity,
             target,
+            perceptual=_load_lpips(files, cache_dir),
         )
 
     def describe(self) -> str:
@@ -286,6 +289,7 @@ class EditEngine:
             on_step=inverted,
             should_cancel=should_cancel,
             identity=self.identity,
+            perceptual=self.perceptual,
             on_phase=phase,
         )
 
@@ -304,6 +308,18 @@ def _load_identity(
 
             return load_sface_identity()
     return None
+
+
+def _load_lpips(files: Mapping[str, WeightFile], cache_dir: Path) -> nn.Module | None:
+    """LPIPS-VGG when both its files are cached; None: inversion uses its weight-free loss."""
+    if "lpips_vgg" not in files or "lpips_lin" not in files:
+        return None
+    vgg, linear = _optional(files["lpips_vgg"], cache_dir), _optional(files["lpips_lin"], cache_dir)
+    if vgg is None or linear is None:
+        return None
+    from models.perceptual import load_lpips
+
+    return load_lpips(vgg, linear)
 
 
 def _required(wf: WeightFile, cache_dir: Path) -> Path:

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
 
-WeightRole = Literal["generator", "clip", "audio_encoder", "identity"]
+WeightRole = Literal["generator", "clip", "audio_encoder", "identity", "lpips_vgg", "lpips_lin"]
 WeightState = Literal["present", "missing", "partial", "corrupt"]
 
 OFFLINE_ENV = "SOUNDEDIT_OFFLINE"  # the setting (app.settings) that forbids downloads
@@ -173,9 +173,49 @@ IR_SE50 = WeightFile(
     ),
 )
 
+# LPIPS-VGG, the perceptual loss of photo inversion (without it a weight-free loss stands in).
+LPIPS_VGG16 = WeightFile(
+    key="lpips-vgg16",
+    filename="vgg16-397923af.pth",
+    url="https://download.pytorch.org/models/vgg16-397923af.pth",
+    sha256=None,  # torchvision names the file by its digest's first 8 hex digits only
+    size=None,
+    licence="BSD-3-Clause (torchvision); trained on ImageNet, whose terms restrict use",
+    licence_url="https://github.com/pytorch/vision/blob/main/LICENSE",
+    role="lpips_vgg",
+    required=False,
+    note="torchvision's ImageNet VGG16, the backbone LPIPS measures with.",
+)
+
+LPIPS_LINEAR = WeightFile(
+    key="lpips-vgg-linear",
+    filename="lpips-vgg-v0.1.pth",
+    url="https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth",
+    sha256=None,
+    size=None,
+    licence="BSD-2-Clause (LPIPS, Zhang et al. 2018)",
+    licence_url="https://github.com/richzhang/PerceptualSimilarity/blob/master/LICENSE",
+    role="lpips_lin",
+    required=False,
+    note="LPIPS v0.1 linear layers for VGG16.",
+)
+
 PROFILES: dict[str, tuple[WeightFile, ...]] = {
-    "ffhq": (STYLEGAN2_FFHQ_1024, CLIP_VIT_B32_OPENAI, AUDIO_ENCODER_RESNET18, IR_SE50),
-    "landscape": (STYLEGAN2_LANDSCAPE_256, CLIP_VIT_B32_OPENAI, AUDIO_ENCODER_RESNET18),
+    "ffhq": (
+        STYLEGAN2_FFHQ_1024,
+        CLIP_VIT_B32_OPENAI,
+        AUDIO_ENCODER_RESNET18,
+        IR_SE50,
+        LPIPS_VGG16,
+        LPIPS_LINEAR,
+    ),
+    "landscape": (
+        STYLEGAN2_LANDSCAPE_256,
+        CLIP_VIT_B32_OPENAI,
+        AUDIO_ENCODER_RESNET18,
+        LPIPS_VGG16,
+        LPIPS_LINEAR,
+    ),
     "smoke": (),  # seeded random weights: nothing to download
 }
 

@@ -103,3 +103,21 @@ def test_a_trained_audio_encoder_replaces_the_profiles(tmp_path: Path) -> None:
     )
     for name, value in trained.state_dict().items():
         assert torch.equal(engine.audio_encoder.state_dict()[name], value), name
+
+
+def test_lpips_serves_inversion_once_its_files_are_cached(tmp_path: Path) -> None:
+    from models.engine import _load_lpips
+    from models.perceptual import LPIPS, LPIPS_CHANNELS, vgg16_features
+    from models.weights import LPIPS_LINEAR, LPIPS_VGG16, profile_files
+
+    files = {wf.role: wf for wf in profile_files("ffhq")}
+    assert _load_lpips(files, tmp_path) is None  # nothing cached: the weight-free loss stands in
+    torch.save(
+        {f"features.{k}": v for k, v in vgg16_features().state_dict().items()},
+        tmp_path / LPIPS_VGG16.filename,
+    )
+    torch.save(
+        {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(LPIPS_CHANNELS)},
+        tmp_path / LPIPS_LINEAR.filename,
+    )
+    assert isinstance(_load_lpips(files, tmp_path), LPIPS)

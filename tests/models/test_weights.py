@@ -59,11 +59,11 @@ def _handler(served: Served) -> type[BaseHTTPRequestHandler]:
             if match and served.mode != "ignore_range":
                 start = int(match.group(1))
                 if start >= len(data):
+                    served.log.append((name, range_header, 416))  # before answering: no race
                     self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
                     self.send_header("Content-Range", f"bytes */{len(data)}")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
-                    served.log.append((name, range_header, 416))
                     return
             body = data[start:]
             code = HTTPStatus.PARTIAL_CONTENT if start else HTTPStatus.OK
