@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server docker-compose wordnet-base
 
-.PHONY: serve test test-fast lint system-deps install clean
+.PHONY: serve test test-fast lint bench system-deps install clean
 
 serve: install system-deps  ## Redis (if none answers) + a worker + the API on 127.0.0.1:8000
 	$(BIN)/soundedit serve
@@ -15,6 +15,9 @@ test: lint system-deps  ## lint, then the whole suite: what CI runs
 
 test-fast: install  ## skip the slow suites
 	$(BIN)/python -m pytest -m "not slow"
+
+bench: install  ## step time + memory vs the official path, batched edits, the service under load
+	$(BIN)/python benchmarks/run.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -71,6 +71,9 @@ class FrozenClip(nn.Module):
         super().__init__()
         _check_mode(preprocess, PREPROCESS_MODES, "preprocess")
         self.model = model
+        visual = getattr(model, "visual", None)
+        if isinstance(visual, nn.Module):
+            sequence_first_attention(visual)
         self.tokenizer = tokenizer
         self.default_preprocess: PreprocessMode = preprocess
         cfg = open_clip.get_model_preprocess_cfg(model)
@@ -126,6 +129,28 @@ class FrozenClip(nn.Module):
         tokens = self.tokenizer(list(texts)).to(self.mean.device)  # (B, context_length)
         feats = self.model.encode_text(tokens)  # type: ignore[operator]  # (B, D)
         return F.normalize(feats.float(), dim=-1)
+
+
+def sequence_first_attention(visual: nn.Module) -> int:
+    """Run the image tower's transformer sequence-first; returns the attention layers switched.
+
+    open_clip runs it batch-first, and ``nn.MultiheadAttention`` then transposes its input to
+    sequence-first without a copy: for a batch of B > 1 images that non-contiguous input turns
+    each projection into a batched matmul that re-reads the weight once per token (50 times for
+    ViT-B/32), so a batch of edits ran CLIP slower per image than one edit. Sequence-first, the
+    transformer makes one contiguous copy up front and every projection is a single matmul over
+    all B * L tokens. Same weights, same result; a flag change only (TorchScript-safe).
+    """
+    transformer = getattr(visual, "transformer", None)
+    if not isinstance(transformer, nn.Module) or not getattr(transformer, "batch_first", False):
+        return 0
+    attention = [m for m in transformer.modules() if isinstance(m, nn.MultiheadAttention)]
+    if not all(m.batch_first for m in attention):
+        return 0
+    setattr(transformer, "batch_first", False)  # noqa: B010  (a plain attribute of open_clip's)
+    for module in attention:
+        module.batch_first = False
+    return len(attention)
 
 
 def upstream_preprocess(images: Tensor, input_size: tuple[int, int]) -> Tensor:

@@ -4,14 +4,21 @@
 
 Adam on a copy of the W+ latent, learning rate from a cosine ramp-down / linear ramp-up
 schedule, generator / CLIP / identity networks frozen. Deterministic on CPU for equal inputs.
+
+Several edits on one generator and one ``EditConfig`` can run as one batch
+(``optimize_latents``, ``edit_batch``): the batched loss is the sum of the per-edit losses, so
+each edit's latent receives exactly its own gradient, and Adam, being elementwise, gives each
+edit the update it would get alone (up to float rounding of the batched convolutions).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -34,6 +41,11 @@ logger = logging.getLogger(__name__)
 TextMode = Literal["mix", "sum"]
 TEXT_MODES: tuple[str, ...] = ("mix", "sum")
 NOISE_MODES: tuple[str, ...] = ("const", "random", "none")
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+# torch.compile modes; "reduce-overhead" adds CUDA graphs on a GPU.
+COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # The paper mixes FFHQ's 18 W+ layers at 9: layers [0, 9) (coarse + middle) follow the sound,
 # [9, 18) (fine) follow the text. Other generators keep the same fraction of their layers.
 PAPER_N_LATENT = 18
@@ -93,6 +105,10 @@ class EditConfig:
     preview_every: int = 20  # StepInfo.preview every this many steps; 0 only on the last
     lr_rampdown: float = 0.25  # fraction of steps of the cosine ramp-down
     lr_rampup: float = 0.05  # fraction of steps of the linear ramp-up
+    # "bf16" / "fp16": forward passes under autocast (the latent and Adam stay fp32; fp16 adds
+    # loss scaling). Meant for GPUs; a CPU without bf16 units runs bf16 slower than fp32.
+    precision: Precision = "fp32"
+    compile_mode: str | None = None  # torch.compile the generator with this mode; None: eager
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -126,6 +142,13 @@ class EditConfig:
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {value}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"compile_mode must be None or one of {list(COMPILE_MODES)}, "
+                f"got {self.compile_mode!r}"
+            )
 
     def layer_split(self, n_latent: int) -> int:
         """First W+ layer taken from the text-guided latent in "mix" mode.
@@ -161,6 +184,7 @@ class StepInfo:
     identity: float | None  # identity loss before its weight; None when not evaluated
     image: Tensor = field(repr=False)  # (1, 3, H, W) in [-1, 1], G(w) before this step's update
     preview: bool = False  # True every ``preview_every`` steps and on the last step
+    edit_index: int = 0  # which edit of a batched run (0 for a single edit)
 
     @property
     def progress(self) -> float:
@@ -215,65 +239,60 @@ def optimize_latent(
             f"w_source must be (1, {n_latent}, {w_dim}) for this generator, "
             f"got {tuple(w_source.shape)}"
         )
-    targets = target.reshape(1, -1) if target.ndim == 1 else target  # (K, D)
-    if targets.ndim != 2 or targets.shape[1] != clip.embed_dim:
-        raise ValueError(
-            f"target must be (D,), (1, D) or (K, D) with D = {clip.embed_dim}, "
-            f"got {tuple(target.shape)}"
-        )
-    target_weights = [1.0] * targets.shape[0] if weights is None else [float(x) for x in weights]
-    if len(target_weights) != targets.shape[0]:
-        raise ValueError(f"{len(target_weights)} weights for {targets.shape[0]} targets")
-    use_identity = identity is not None and config.lambda_id > 0
-    for network in (generator, clip, identity):
-        if isinstance(network, nn.Module):
-            freeze(network)
+    (result,) = optimize_latents(
+        generator,
+        clip,
+        [target],
+        w_source,
+        config,
+        weights=None if weights is None else [weights],
+        identity=identity,
+        on_step=on_step,
+        should_cancel=should_cancel,
+        phase=phase,
+        phase_index=phase_index,
+        phases=phases,
+    )
+    return result
 
-    w_s = w_source.detach().float()  # (1, n_latent, w_dim)
-    targets = targets.detach().to(device=w_s.device, dtype=torch.float32)
-    w = w_s.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([w], lr=config.lr)
-    losses: list[float] = []
 
-    with torch.enable_grad():
-        source_feats: Tensor | None = None
-        if use_identity:
-            assert identity is not None
-            with torch.no_grad():
-                source_image = generator.synthesis(w_s, noise_mode=config.noise_mode)
-                source_feats = identity.features(source_image)  # (1, 512)
+def optimize_latents(
+    generator: Generator,
+    clip: FrozenClip,
+    targets: Sequence[Tensor] | Tensor,
+    w_sources: Tensor,
+    config: EditConfig,
+    *,
+    weights: Sequence[Sequence[float]] | None = None,
+    identity: IdentityLoss | None = None,
+    on_step: StepCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+    phase: str = "joint",
+    phase_index: int = 0,
+    phases: int = 1,
+) -> list[OptimizeResult]:
+    """Optimise B edits of one generator as one batch; the per-edit results, in order.
 
-        for step in range(config.steps):
-            if should_cancel is not None and should_cancel():
-                raise EditCanceled(step, phase)
-            lr = lr_schedule(step / config.steps, config.lr, config.lr_rampdown, config.lr_rampup)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-
-            image = generator.synthesis(w, noise_mode=config.noise_mode)  # (1, 3, H, W)
-            emb = clip.encode_image(image, config.clip_preprocess)  # (1, D)
-            clip_term = torch.zeros((), device=w.device)
-            for k, weight in enumerate(target_weights):
-                clip_term = (
-                    clip_term + weight * clip_loss(emb, targets[k], config.clip_loss_mode).mean()
-                )
-            l2_term = ((w_s - w) ** 2).sum()
-            loss = clip_term + config.lambda_l2 * l2_term
-            id_value: float | None = None
-            if use_identity:
-                assert identity is not None and source_feats is not None
-                id_term = identity.loss_from_features(image, source_feats).mean()
-                loss = loss + config.lambda_id * id_term
-                id_value = float(id_term.detach())
-
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-            losses.append(float(loss.detach()))
-            if on_step is not None:
-                last = step == config.steps - 1
-                every = config.preview_every
+    ``w_sources`` is (B, n_latent, w_dim); ``targets`` holds one entry per edit, each (D,),
+    (1, D) or (K_b, D) as in ``optimize_latent`` (a (B, D) tensor gives one target per edit);
+    ``weights`` one list per edit. The loss minimised is the SUM over edits of each edit's
+    Eq. 2 loss (its CLIP term, its own ||w_b - w_s,b||², its identity term), so each latent gets
+    its own gradient and Adam's elementwise update equals the unbatched one. ``on_step`` is
+    called once per edit per step (``StepInfo.edit_index``); ``should_cancel`` stops the batch.
+    Equivalence assumes deterministic noise ("const" or "none").
+    """
+    optimizer = LatentOptimizer(
+        generator, clip, targets, w_sources, config, weights=weights, identity=identity
+    )
+    for step in range(config.steps):
+        if should_cancel is not None and should_cancel():
+            raise EditCanceled(step, phase)
+        values = optimizer.step()
+        if on_step is not None:
+            last = step == config.steps - 1
+            every = config.preview_every
+            frames = values.images.float()
+            for b in range(optimizer.batch):
                 on_step(
                     StepInfo(
                         phase=phase,
@@ -281,20 +300,198 @@ def optimize_latent(
                         phases=phases,
                         step=step,
                         steps=config.steps,
-                        lr=lr,
-                        loss=losses[-1],
-                        clip=float(clip_term.detach()),
-                        l2=float(l2_term.detach()),
-                        identity=id_value,
-                        image=image.detach(),
+                        lr=values.lr,
+                        loss=values.loss[b],
+                        clip=values.clip[b],
+                        l2=values.l2[b],
+                        identity=None if values.identity is None else values.identity[b],
+                        image=frames[b : b + 1],
                         preview=last or (every > 0 and step % every == 0),
+                        edit_index=b,
                     )
                 )
+    return optimizer.results()
 
-    w_final = w.detach()
-    with torch.no_grad():
-        image_final = generator.synthesis(w_final, noise_mode=config.noise_mode)
-    return OptimizeResult(w=w_final, image=image_final, losses=losses)
+
+@dataclass(frozen=True)
+class StepValues:
+    """What one batched step reports, one entry per edit."""
+
+    lr: float
+    loss: list[float]  # total Eq. 2 loss
+    clip: list[float]  # weighted CLIP term
+    l2: list[float]  # ||w - w_s||², before its weight
+    identity: list[float] | None  # identity loss before its weight; None when not evaluated
+    images: Tensor  # (B, 3, H, W) G(w) before this step's update, detached
+
+
+class LatentOptimizer:
+    """The Eq. 2 optimisation of B latents, one ``step()`` at a time.
+
+    ``optimize_latents`` drives it; benchmarks and callers that interleave work between steps
+    (e.g. to admit or preempt edits) can drive it themselves. Networks are frozen on entry.
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        clip: FrozenClip,
+        targets: Sequence[Tensor] | Tensor,
+        w_sources: Tensor,
+        config: EditConfig,
+        *,
+        weights: Sequence[Sequence[float]] | None = None,
+        identity: IdentityLoss | None = None,
+    ) -> None:
+        n_latent, w_dim = generator.n_latent, generator.w_dim
+        if w_sources.ndim != 3 or tuple(w_sources.shape[1:]) != (n_latent, w_dim):
+            raise ValueError(
+                f"w_sources must be (B, {n_latent}, {w_dim}) for this generator, "
+                f"got {tuple(w_sources.shape)}"
+            )
+        self.generator, self.clip, self.config = generator, clip, config
+        self.batch = w_sources.shape[0]
+        # float32 unless the caller runs the networks in float64 (exactness checks)
+        dtype = torch.float64 if w_sources.dtype == torch.float64 else torch.float32
+        self.w_s = w_sources.detach().to(dtype)  # (B, n_latent, w_dim)
+        self.targets, self.weights = _target_table(
+            targets, weights, self.batch, clip.embed_dim, self.w_s.device
+        )  # (B, K, D), (B, K)
+        for network in (generator, clip, identity):
+            if isinstance(network, nn.Module):
+                freeze(network)
+        self.identity = identity if identity is not None and config.lambda_id > 0 else None
+        self.synthesize = _synthesis_fn(generator, config.compile_mode)
+        self.w = self.w_s.clone().requires_grad_(True)
+        self.adam = torch.optim.Adam([self.w], lr=config.lr)
+        self.scaler = torch.amp.GradScaler(self.w.device.type, enabled=config.precision == "fp16")
+        self.steps_done = 0
+        self.losses: list[list[float]] = [[] for _ in range(self.batch)]
+        self.source_feats: Tensor | None = None
+        if self.identity is not None:
+            with torch.no_grad(), _autocast(self.w.device, config.precision):
+                source_image = self.synthesize(self.w_s, noise_mode=config.noise_mode)
+                self.source_feats = self.identity.features(source_image).float()  # (B, 512)
+
+    def step(self) -> StepValues:
+        """One Adam step on every latent; the values of the loss before the update."""
+        config, batch = self.config, self.batch
+        lr = lr_schedule(
+            self.steps_done / config.steps, config.lr, config.lr_rampdown, config.lr_rampup
+        )
+        for group in self.adam.param_groups:
+            group["lr"] = lr
+        w = self.w
+        with torch.enable_grad(), _autocast(w.device, config.precision):
+            image = self.synthesize(w, noise_mode=config.noise_mode)  # (B, 3, H, W)
+            emb = self.clip.encode_image(image, config.clip_preprocess)  # (B, D)
+            clip_term = torch.zeros(batch, device=w.device)  # (B,)
+            for k in range(self.targets.shape[1]):
+                per_target = clip_loss(emb, self.targets[:, k], config.clip_loss_mode)
+                clip_term = clip_term + self.weights[:, k] * per_target
+            l2_term = ((self.w_s - w) ** 2).sum(dim=(1, 2))  # (B,) plain sums of squares
+            loss = clip_term + config.lambda_l2 * l2_term  # (B,)
+            id_term: Tensor | None = None
+            if self.identity is not None:
+                assert self.source_feats is not None
+                id_term = self.identity.loss_from_features(image, self.source_feats).float()
+                loss = loss + config.lambda_id * id_term
+        self.adam.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            self.scaler.scale(loss.sum()).backward()  # the sum: each edit keeps its gradient
+        self.scaler.step(self.adam)
+        self.scaler.update()
+        self.steps_done += 1
+
+        # One device-to-host copy per step for every reported number.
+        parts = [loss, clip_term, l2_term] + ([id_term] if id_term is not None else [])
+        values = torch.stack([t.detach().float() for t in parts]).tolist()
+        for b in range(batch):
+            self.losses[b].append(values[0][b])
+        return StepValues(
+            lr=lr,
+            loss=values[0],
+            clip=values[1],
+            l2=values[2],
+            identity=values[3] if id_term is not None else None,
+            images=image.detach(),
+        )
+
+    def results(self) -> list[OptimizeResult]:
+        """The latents as they are now and their images (rendered in fp32), per edit."""
+        w_final = self.w.detach()
+        with torch.no_grad():
+            images = self.generator.synthesis(w_final, noise_mode=self.config.noise_mode)
+        return [
+            OptimizeResult(
+                w=w_final[b : b + 1].clone(),
+                image=images[b : b + 1].clone(),
+                losses=list(self.losses[b]),
+            )
+            for b in range(self.batch)
+        ]
+
+
+def _target_table(
+    targets: Sequence[Tensor] | Tensor,
+    weights: Sequence[Sequence[float]] | None,
+    batch: int,
+    embed_dim: int,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """Per-edit targets padded to one table: (B, K, D) embeddings and (B, K) weights.
+
+    Padding rows are zero embeddings with weight 0, so they add nothing to any edit's loss.
+    """
+    rows = [t.reshape(1, -1) if t.ndim == 1 else t for t in targets]
+    if len(rows) != batch:
+        raise ValueError(f"{len(rows)} targets for {batch} edits")
+    for t in rows:
+        if t.ndim != 2 or t.shape[1] != embed_dim or t.shape[0] < 1:
+            raise ValueError(
+                f"each target must be (D,), (1, D) or (K, D) with D = {embed_dim}, "
+                f"got {tuple(t.shape)}"
+            )
+    if weights is None:
+        weights = [[1.0] * t.shape[0] for t in rows]
+    if len(weights) != batch:
+        raise ValueError(f"{len(weights)} weight lists for {batch} edits")
+    k_max = max(t.shape[0] for t in rows)
+    table = torch.zeros(batch, k_max, embed_dim, device=device)
+    weight_table = torch.zeros(batch, k_max, device=device)
+    for b, (t, ws) in enumerate(zip(rows, weights, strict=True)):
+        if len(ws) != t.shape[0]:
+            raise ValueError(f"{len(ws)} weights for {t.shape[0]} targets (edit {b})")
+        table[b, : t.shape[0]] = t.detach().to(device=device, dtype=torch.float32)
+        weight_table[b, : t.shape[0]] = torch.tensor([float(x) for x in ws], device=device)
+    return table, weight_table
+
+
+@contextlib.contextmanager
+def _autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """Autocast for "bf16" / "fp16"; nothing for "fp32"."""
+    if precision == "fp32":
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision]):
+        yield
+
+
+SynthesisFn = Callable[..., Tensor]
+# Compiled generators, so that every edit after the first reuses the compiled graph.
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, dict[str, SynthesisFn]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _synthesis_fn(generator: Generator, compile_mode: str | None) -> SynthesisFn:
+    """``generator.synthesis``, or a ``torch.compile``d forward kept for reuse."""
+    if compile_mode is None or not isinstance(generator, nn.Module):
+        return generator.synthesis
+    by_mode = _COMPILED.setdefault(generator, {})
+    if compile_mode not in by_mode:
+        by_mode[compile_mode] = torch.compile(generator, mode=compile_mode)
+    return by_mode[compile_mode]
 
 
 def mix_latents(w_audio: Tensor, w_text: Tensor, split: int) -> Tensor:
@@ -329,10 +526,58 @@ def edit(
     ``identity_similarity`` (ArcFace cosine of source and result, when ``identity`` is given),
     ``steps`` (run in total), ``runs``, ``text_mode``, ``mix_layer_split`` and ``seconds``.
     """
-    started = time.perf_counter()
-    n_latent = generator.n_latent
+    n_latent, w_dim = generator.n_latent, generator.w_dim
+    if tuple(w_source.shape) != (1, n_latent, w_dim):
+        raise ValueError(
+            f"w_source must be (1, {n_latent}, {w_dim}) for this generator, "
+            f"got {tuple(w_source.shape)}"
+        )
     audio = _as_row(audio_emb, "audio_emb")  # (1, D)
     text = None if text_emb is None else _as_row(text_emb, "text_emb")  # (1, D)
+    (result,) = edit_batch(
+        generator,
+        clip,
+        audio,
+        w_source,
+        config,
+        text_embs=text,
+        identity=identity,
+        on_step=on_step,
+        should_cancel=should_cancel,
+    )
+    return result
+
+
+def edit_batch(
+    generator: Generator,
+    clip: FrozenClip,
+    audio_embs: Tensor,
+    w_sources: Tensor,
+    config: EditConfig,
+    *,
+    text_embs: Tensor | None = None,
+    identity: IdentityLoss | None = None,
+    on_step: StepCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+) -> list[EditResult]:
+    """B compatible edits as one batch: ``edit`` for each row, results in order.
+
+    ``audio_embs`` (B, D), ``w_sources`` (B, n_latent, w_dim), ``text_embs`` None or (B, D):
+    compatible edits share the generator, ``config`` and whether text joins the sound. Each
+    result equals the unbatched ``edit`` up to float rounding (see ``optimize_latents``);
+    ``on_step`` receives every edit's steps (``StepInfo.edit_index``) and the report's
+    ``seconds`` is the whole batch's wall time.
+    """
+    started = time.perf_counter()
+    n_latent, w_dim = generator.n_latent, generator.w_dim
+    if w_sources.ndim != 3 or tuple(w_sources.shape[1:]) != (n_latent, w_dim):
+        raise ValueError(
+            f"w_sources must be (B, {n_latent}, {w_dim}) for this generator, "
+            f"got {tuple(w_sources.shape)}"
+        )
+    batch = w_sources.shape[0]
+    audio = _as_rows(audio_embs, batch, "audio_embs")  # (B, D)
+    text = None if text_embs is None else _as_rows(text_embs, batch, "text_embs")  # (B, D)
     mixing = text is not None and config.text_mode == "mix"
     split = config.layer_split(n_latent) if mixing else None
     common: dict[str, Any] = {
@@ -342,46 +587,86 @@ def edit(
     }
 
     if text is None:
-        result = optimize_latent(generator, clip, audio, w_source, config, **common)
-        w, image, runs = result.w, result.image, 1
+        results = optimize_latents(generator, clip, audio, w_sources, config, **common)
+        w = torch.cat([r.w for r in results])
+        image = torch.cat([r.image for r in results])
+        runs = 1
     elif mixing:
         assert split is not None
-        by_audio = optimize_latent(
-            generator, clip, audio, w_source, config, phase="audio", phases=2, **common
+        by_audio = optimize_latents(
+            generator, clip, audio, w_sources, config, phase="audio", phases=2, **common
         )
-        by_text = optimize_latent(
-            generator, clip, text, w_source, config, phase="text", phase_index=1, phases=2, **common
+        by_text = optimize_latents(
+            generator,
+            clip,
+            text,
+            w_sources,
+            config,
+            phase="text",
+            phase_index=1,
+            phases=2,
+            **common,
         )
-        w, runs = mix_latents(by_audio.w, by_text.w, split), 2
+        w = mix_latents(
+            torch.cat([r.w for r in by_audio]), torch.cat([r.w for r in by_text]), split
+        )
+        runs = 2
         with torch.no_grad():
             image = generator.synthesis(w, noise_mode=config.noise_mode)
     else:
-        both = torch.cat([audio, text], dim=0)  # (2, D)
-        result = optimize_latent(
-            generator, clip, both, w_source, config, weights=(1.0, config.text_weight), **common
+        both = [torch.stack([a, t]) for a, t in zip(audio, text, strict=True)]  # B x (2, D)
+        results = optimize_latents(
+            generator,
+            clip,
+            both,
+            w_sources,
+            config,
+            weights=[(1.0, config.text_weight)] * batch,
+            **common,
         )
-        w, image, runs = result.w, result.image, 1
+        w = torch.cat([r.w for r in results])
+        image = torch.cat([r.image for r in results])
+        runs = 1
 
     with torch.no_grad():
-        w_s = w_source.detach().float()
+        w_s = w_sources.detach().to(w.dtype)
         source_image = generator.synthesis(w_s, noise_mode=config.noise_mode)
-        report: dict[str, Any] = {}
         emb_before = clip.encode_image(source_image, config.clip_preprocess)
         emb_after = clip.encode_image(image, config.clip_preprocess)
-        report["clip_audio_before"] = _cosine(emb_before, audio)
-        report["clip_audio_after"] = _cosine(emb_after, audio)
-        if text is not None:
-            report["clip_text_before"] = _cosine(emb_before, text)
-            report["clip_text_after"] = _cosine(emb_after, text)
-        report["latent_l2"] = float(torch.linalg.vector_norm(w - w_s))
-        if identity is not None:
-            report["identity_similarity"] = float(identity.similarity(source_image, image)[0])
-    report["steps"] = config.steps * runs
-    report["runs"] = runs
-    report["text_mode"] = config.text_mode if text is not None else None
-    report["mix_layer_split"] = split
-    report["seconds"] = time.perf_counter() - started
-    return EditResult(w=w, image=image, source_image=source_image, report=report)
+        audio_before = _cosines(emb_before, audio)
+        audio_after = _cosines(emb_after, audio)
+        text_before = None if text is None else _cosines(emb_before, text)
+        text_after = None if text is None else _cosines(emb_after, text)
+        distance = torch.linalg.vector_norm((w - w_s).flatten(1), dim=1).tolist()
+        identity_sim = None if identity is None else identity.similarity(source_image, image)
+    seconds = time.perf_counter() - started
+
+    edits: list[EditResult] = []
+    for b in range(batch):
+        report: dict[str, Any] = {
+            "clip_audio_before": audio_before[b],
+            "clip_audio_after": audio_after[b],
+        }
+        if text_before is not None and text_after is not None:
+            report["clip_text_before"] = text_before[b]
+            report["clip_text_after"] = text_after[b]
+        report["latent_l2"] = distance[b]
+        if identity_sim is not None:
+            report["identity_similarity"] = float(identity_sim[b])
+        report["steps"] = config.steps * runs
+        report["runs"] = runs
+        report["text_mode"] = config.text_mode if text is not None else None
+        report["mix_layer_split"] = split
+        report["seconds"] = seconds
+        edits.append(
+            EditResult(
+                w=w[b : b + 1],
+                image=image[b : b + 1],
+                source_image=source_image[b : b + 1],
+                report=report,
+            )
+        )
+    return edits
 
 
 @torch.no_grad()
@@ -417,6 +702,14 @@ def _as_row(emb: Tensor, name: str) -> Tensor:
     return row.detach().float()
 
 
-def _cosine(a: Tensor, b: Tensor) -> float:
-    """Cosine of two (1, D) embeddings as a float."""
-    return float(1 - clip_loss(a, b.to(a.device), "cosine")[0])
+def _as_rows(embs: Tensor, batch: int, name: str) -> Tensor:
+    """(B, D) float32 (a (D,) vector is one row)."""
+    rows = embs.reshape(1, -1) if embs.ndim == 1 else embs
+    if rows.ndim != 2 or rows.shape[0] != batch:
+        raise ValueError(f"{name} must be ({batch}, D), got {tuple(embs.shape)}")
+    return rows.detach().float()
+
+
+def _cosines(a: Tensor, b: Tensor) -> list[float]:
+    """Row-wise cosines of two (B, D) embeddings."""
+    return (1 - clip_loss(a, b.to(a.device), "cosine")).tolist()

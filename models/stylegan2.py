@@ -6,12 +6,22 @@ Parameter names follow rosinality/stylegan2-pytorch, so its checkpoints load wit
 zero-stuffed inputs, so the model needs no compiled extension and runs wherever torch runs.
 Every size (resolution, per-resolution widths, mapping depth, z/w dims) is a constructor
 argument read from the checkpoint.
+
+How synthesis computes is a ``SynthesisOps`` value on the generator; every choice gives the same
+image up to float rounding. The defaults are the ones ``benchmarks/run.py`` measured fastest:
+styles scale the activations instead of the weights (one shared-weight conv per layer for the
+whole batch, and the backward pass needs no weight-gradient convolution to reach the style);
+demodulation, noise, bias, activation and gain folded into three passes with a custom backward;
+Winograd 3x3 convolutions through NNPACK on CPU; NHWC memory layout on CUDA only.
+``SynthesisOps.plain()`` is the official formulation, kept as the reference.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +41,43 @@ MAPPING_LR_MUL = 0.01  # learning-rate multiplier of the mapping layers (equaliz
 MEAN_LATENT_SAMPLES = 4096  # z samples averaged for w_avg (rosinality's mean_latent(4096))
 RANDOM_BIAS_STD = 0.1  # spread of randomised biases / noise strengths in random_generator
 NOISE_MODES = ("const", "random", "none")
+MODULATIONS = ("input", "weight")
+WINOGRAD_MIN_PIXELS = 32 * 32  # smaller maps: NNPACK's transforms cost more than they save
+WINOGRAD_MIN_CHANNELS = 64  # fewer channels: the convolution is memory-bound either way
+
+Modulation = Literal["input", "weight"]
+
+
+@dataclass(frozen=True)
+class SynthesisOps:
+    """How synthesis computes: implementation choices that leave the result unchanged."""
+
+    # "input": scale each input channel by its style, convolve with the shared weight, then
+    # scale output channels by the demodulation coefficients; "weight": the official form,
+    # one modulated weight per sample as a grouped conv (the backward pass then needs a
+    # weight-gradient convolution per layer to reach the style).
+    modulation: Modulation = "input"
+    # NHWC activations; None: on CUDA only (cuDNN's tensor-core kernels want NHWC, as NVIDIA's
+    # stylegan2-ada runs its fp16 layers), off on CPU where oneDNN measured no gain overall.
+    channels_last: bool | None = None
+    fused_epilogue: bool = True  # demod + noise + bias + leaky ReLU + gain: see modulated_bias_act
+    # Same-size 3x3 convs (and their input gradients) as Winograd F(6x6, 3x3) through NNPACK
+    # on CPU fp32: ~2x fewer multiplications. Applies to "input" modulation; ignored elsewhere.
+    winograd: bool = True
+
+    def __post_init__(self) -> None:
+        if self.modulation not in MODULATIONS:
+            raise ValueError(
+                f"modulation must be one of {list(MODULATIONS)}, got {self.modulation!r}"
+            )
+
+    @classmethod
+    def plain(cls) -> SynthesisOps:
+        """The official formulation (rosinality / the paper's code), as a reference."""
+        return cls(modulation="weight", channels_last=False, fused_epilogue=False, winograd=False)
+
+
+DEFAULT_OPS = SynthesisOps()
 
 
 def make_kernel(taps: Sequence[float], gain: float = 1.0) -> Tensor:
@@ -51,9 +98,11 @@ def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, pad: tuple[int, int] = (0,
         x = x.reshape(b, c, h, 1, w, 1)
         x = F.pad(x, (0, up - 1, 0, 0, 0, up - 1))  # zeros after each sample, both axes
         x = x.reshape(b, c, h * up, w * up)
-    x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
     weight = kernel.flip([0, 1]).to(x.dtype).expand(c, 1, *kernel.shape).contiguous()
-    return F.conv2d(x, weight, groups=c)  # weight [C, 1, K, K]
+    if pad[0] == pad[1] >= 0:  # the conv pads itself: no padded copy of x
+        return F.conv2d(x, weight, padding=pad[0], groups=c)  # weight [C, 1, K, K]
+    x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
+    return F.conv2d(x, weight, groups=c)
 
 
 def fused_lrelu(x: Tensor, bias: Tensor, clamp: float | None = None) -> Tensor:
@@ -61,6 +110,168 @@ def fused_lrelu(x: Tensor, bias: Tensor, clamp: float | None = None) -> Tensor:
     x = x + bias.view(1, -1, *([1] * (x.ndim - 2)))
     x = F.leaky_relu(x, LRELU_SLOPE) * LRELU_GAIN
     return x if clamp is None else x.clamp(-clamp, clamp)
+
+
+def modulated_bias_act(
+    x: Tensor,
+    demod: Tensor | None,
+    bias: Tensor,
+    noise: Tensor | None = None,
+    noise_strength: Tensor | None = None,
+    clamp: float | None = None,
+) -> Tensor:
+    """``fused_lrelu(x * demod + noise_strength * noise, bias, clamp)`` in fewer passes.
+
+    x [B, C, H, W], demod [B, C] or None, bias [C], noise [B|1, 1, H, W], noise_strength [1].
+    The leaky ReLU is positively homogeneous, so the gain folds into the per-channel scale and
+    offset: forward is one multiply-add, one noise add and one activation, all on one buffer;
+    backward computes the scale's gradient as a per-channel dot product (no product tensor).
+    """
+    b, c = x.shape[:2]
+    if demod is None:
+        scale = x.new_full((1, 1, 1, 1), LRELU_GAIN)
+    else:
+        scale = (demod * LRELU_GAIN).view(b, c, 1, 1).to(x.dtype)
+    offset = (bias * LRELU_GAIN).view(1, c, 1, 1).to(x.dtype)
+    noise_term = None
+    if noise is not None:
+        strength = LRELU_GAIN if noise_strength is None else noise_strength * LRELU_GAIN
+        noise_term = (strength * noise).to(x.dtype)  # [B|1, 1, H, W]
+    y: Tensor = _ScaleBiasAct.apply(x, scale, offset, noise_term)
+    return y if clamp is None else y.clamp(-clamp, clamp)
+
+
+def scale_channels(x: Tensor, scale: Tensor) -> Tensor:
+    """``x * scale`` for x [B, C, H, W] and scale [B|1, C, 1, 1], with a cheaper backward."""
+    out: Tensor = _ChannelScale.apply(x, scale)
+    return out
+
+
+def _channel_dot(a: Tensor, b: Tensor, like: Tensor) -> Tensor:
+    """Per-(sample, channel) dot products of two [B, C, H, W] maps, reduced to ``like``'s shape.
+
+    One contraction: no [B, C, H, W] product tensor is written and read back.
+    """
+    dots = torch.einsum("bchw,bchw->bc", a, b)  # [B, C]
+    return dots.view(*dots.shape, 1, 1).sum_to_size(like.shape).to(like.dtype)
+
+
+class _ScaleBiasAct(torch.autograd.Function):
+    """y = leaky_relu(x * scale + offset + noise_term); saves x and y, not the pre-activation."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, scale: Tensor, offset: Tensor, noise_term: Tensor | None
+    ) -> Tensor:
+        z = torch.addcmul(offset, x, scale)
+        if noise_term is not None:
+            z.add_(noise_term)
+        F.leaky_relu_(z, LRELU_SLOPE)
+        ctx.save_for_backward(x, scale, z)
+        ctx.shapes = (offset.shape, None if noise_term is None else noise_term.shape)
+        return z
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+        x, scale, y = ctx.saved_tensors
+        offset_shape, noise_shape = ctx.shapes
+        # The activation's derivative from the sign of its output (positive gain and slope).
+        grad_z = torch.ops.aten.leaky_relu_backward(grad, y, LRELU_SLOPE, True)
+        need = ctx.needs_input_grad
+        grad_x = grad_z * scale if need[0] else None
+        grad_scale = _channel_dot(grad_z, x, scale) if need[1] else None
+        grad_offset = grad_z.sum_to_size(offset_shape) if need[2] else None
+        grad_noise = grad_z.sum_to_size(noise_shape) if need[3] else None
+        return grad_x, grad_scale, grad_offset, grad_noise
+
+
+class _ChannelScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: Tensor) -> Tensor:
+        ctx.save_for_backward(x, scale)
+        return x * scale
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        x, scale = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad_x = grad * scale if need[0] else None
+        grad_scale = _channel_dot(grad, x, scale) if need[1] else None
+        return grad_x, grad_scale
+
+
+def nnpack_available() -> bool:
+    """Whether this torch build has NNPACK (x86 / ARM CPU builds) for Winograd convolutions."""
+    return bool(torch._nnpack_available())
+
+
+class _Winograd3x3(torch.autograd.Function):
+    """Stride-1, padding-1 3x3 conv on CPU through NNPACK's Winograd F(6x6, 3x3) kernels.
+
+    Both the forward pass and the input gradient (a 3x3 conv with the flipped, transposed
+    weight) take Winograd's ~2x fewer multiplications; a weight gradient, if ever needed,
+    comes from the standard convolution backward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, flipped: Tensor | None) -> Tensor:
+        x = x.contiguous()
+        ctx.save_for_backward(x if weight.requires_grad else x.new_empty(0), weight)
+        ctx.flipped = flipped
+        return _nnpack_per_sample(x, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            flipped = ctx.flipped if ctx.flipped is not None else flip_for_input_grad(weight)
+            grad_x = _nnpack_per_sample(grad, flipped)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                [False, True, False],
+            )[1]  # fmt: skip
+        return grad_x, grad_w, None
+
+
+def _nnpack_per_sample(x: Tensor, weight: Tensor) -> Tensor:
+    """NNPACK's conv one sample at a time: its batched entry point (meant for training batches
+    of 16+) ran several times slower per sample than batch-1 calls at B = 2..8 (measured)."""
+    if x.shape[0] == 1:
+        return torch._nnpack_spatial_convolution(x, weight, None, [1, 1])
+    return torch.cat(
+        [torch._nnpack_spatial_convolution(s, weight, None, [1, 1]) for s in x.split(1)]
+    )
+
+
+def flip_for_input_grad(weight: Tensor) -> Tensor:
+    """[out, in, 3, 3] -> [in, out, 3, 3] flipped: the conv that gives a 3x3 conv's input grad."""
+    return weight.flip([2, 3]).transpose(0, 1).contiguous()
+
+
+def conv3x3(x: Tensor, weight: Tensor, winograd: bool, flipped: Tensor | None = None) -> Tensor:
+    """Same-size 3x3 conv; Winograd through NNPACK when asked and it pays (CPU, fp32, big maps).
+
+    Below ~32x32 pixels or 64 channels the per-call weight / input transforms cost more than
+    the multiplications they save (measured by ``benchmarks/run.py``), so oneDNN runs those.
+    ``flipped``: ``flip_for_input_grad(weight)`` if the caller keeps it (frozen weights).
+    """
+    _, c, h, w = x.shape
+    if (
+        winograd
+        and h * w >= WINOGRAD_MIN_PIXELS
+        and min(c, weight.shape[0]) >= WINOGRAD_MIN_CHANNELS
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and nnpack_available()
+    ):
+        out: Tensor = _Winograd3x3.apply(x, weight, flipped)
+        return out
+    return F.conv2d(x, weight, padding=1)
 
 
 class PixelNorm(nn.Module):
@@ -131,8 +342,10 @@ class Upsample(nn.Module):
 class ModulatedConv2d(nn.Module):
     """Conv whose weights are scaled per input channel by a style, optionally demodulated.
 
-    The batch is folded into conv groups (one weight set per sample); with ``upsample`` the
-    conv is a stride-2 transposed conv followed by the blur filter.
+    ``SynthesisOps.modulation`` picks the formulation: "weight" folds the batch into conv groups
+    (one modulated weight set per sample); "input" scales the activations instead and runs one
+    conv with the shared weight. With ``upsample`` the conv is a stride-2 transposed conv
+    followed by the blur filter.
     """
 
     def __init__(
@@ -156,12 +369,49 @@ class ModulatedConv2d(nn.Module):
         if upsample:
             p = len(blur_taps) - UP - (k - 1)
             self.blur = Blur(blur_taps, pad=((p + 1) // 2 + UP - 1, p // 2 + 1), gain=UP**2)
+        self._derived: dict[str, tuple[tuple[object, ...], Tensor]] = {}
 
-    def forward(self, x: Tensor, w: Tensor) -> Tensor:  # [B, in, H, W], [B, w_dim]
+    def _weight_derived(self, name: str, dtype: torch.dtype, make: Callable[[], Tensor]) -> Tensor:
+        """A tensor computed from the weight, kept while the weight is frozen and unchanged.
+
+        Latent optimisation calls every layer hundreds of times with the same frozen weight;
+        layouts and norms derived from it are computed once. Trainable weights are not cached.
+        """
+        weight = self.weight
+        if weight.requires_grad or torch.compiler.is_compiling():
+            return make()
+        key = (weight.data_ptr(), weight._version, weight.device, dtype)
+        hit = self._derived.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = make()
+        self._derived[name] = (key, value)
+        return value
+
+    def forward(self, x: Tensor, w: Tensor, ops: SynthesisOps = DEFAULT_OPS) -> Tensor:
+        """[B, in, H, W], [B, w_dim] -> [B, out, H', W'] modulated (and demodulated) output."""
+        out, demod = self.forward_parts(x, w, ops)
+        return out if demod is None else out * demod.view(*demod.shape, 1, 1).to(out.dtype)
+
+    def forward_parts(
+        self, x: Tensor, w: Tensor, ops: SynthesisOps = DEFAULT_OPS
+    ) -> tuple[Tensor, Tensor | None]:
+        """The conv output and the demodulation still to apply to it ([B, out] or None).
+
+        "input" modulation leaves the per-output-channel demodulation to the caller, who can
+        fold it into the bias and activation passes.
+        """
+        style = self.modulation(w)  # [B, in]
+        if ops.modulation == "weight":
+            return self._weight_modulated(x, style), None
+        if self.kernel_size == 1 and not self.upsample:
+            return self._pointwise(x, style)
+        return self._input_modulated(x, style, ops.winograd)
+
+    def _weight_modulated(self, x: Tensor, style: Tensor) -> Tensor:
         b, c, h, wd = x.shape
         k = self.kernel_size
-        style = self.modulation(w).view(b, 1, c, 1, 1)
-        weight = self.scale * self.weight * style  # [B, out, in, k, k]
+        weight = self.scale * self.weight * style.view(b, 1, c, 1, 1)  # [B, out, in, k, k]
         if self.demodulate:
             weight = weight * torch.rsqrt(weight.pow(2).sum([2, 3, 4], keepdim=True) + DEMOD_EPS)
         x = x.reshape(1, b * c, h, wd)
@@ -172,6 +422,50 @@ class ModulatedConv2d(nn.Module):
         weight = weight.reshape(b * self.out_ch, c, k, k)
         out = F.conv2d(x, weight, padding=self.padding, groups=b)
         return out.view(b, self.out_ch, h, wd)  # [B, out, H, W]
+
+    def _pointwise(self, x: Tensor, style: Tensor) -> tuple[Tensor, Tensor | None]:
+        """A 1x1 conv (to-RGB) as one batched matmul with per-sample modulated weights.
+
+        Its weight gradient is a small [out, in] product, cheaper than scaling the input.
+        """
+        b, c, h, wd = x.shape
+        weight = self.scale * self.weight[0, :, :, 0, 0] * style.view(b, 1, c)  # [B, out, in]
+        if self.demodulate:
+            weight = weight * torch.rsqrt(weight.pow(2).sum(2, keepdim=True) + DEMOD_EPS)
+        weight = weight.to(x.dtype)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            pixels = x.permute(0, 2, 3, 1).reshape(b, h * wd, c)  # a view of NHWC memory
+            out = torch.bmm(pixels, weight.transpose(1, 2))  # [B, HW, out]
+            return out.view(b, h, wd, self.out_ch).permute(0, 3, 1, 2), None
+        out = torch.bmm(weight, x.reshape(b, c, h * wd))  # [B, out, HW]
+        return out.view(b, self.out_ch, h, wd), None
+
+    def _input_modulated(
+        self, x: Tensor, style: Tensor, winograd: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        b, c = x.shape[:2]
+        dtype = x.dtype
+        weight = self._weight_derived("weight", dtype, lambda: self.weight[0].to(dtype))
+        scaled = scale_channels(x, (style * self.scale).view(b, c, 1, 1).to(dtype))
+        if self.upsample:
+            weight_t = self._weight_derived(  # [in, out, k, k], conv_transpose2d's layout
+                "transposed", dtype, lambda: weight.transpose(0, 1).contiguous()
+            )
+            out = F.conv_transpose2d(scaled, weight_t, stride=UP)  # [B, out, 2H+1, 2W+1]
+            out = self.blur(out)  # [B, out, 2H, 2W]
+        elif self.kernel_size == 3:
+            flipped = self._weight_derived("flipped", dtype, lambda: flip_for_input_grad(weight))
+            out = conv3x3(scaled, weight, winograd, flipped)  # [B, out, H, W]
+        else:
+            out = F.conv2d(scaled, weight, padding=self.padding)
+        if not self.demodulate:
+            return out, None
+        # sum over (in, k, k) of (scale * W * s)^2 = (s^2 @ sum_k W^2) * scale^2, in fp32
+        weight_sq = self._weight_derived(
+            "energy", torch.float32, lambda: self.weight[0].float().square().sum([2, 3])
+        )  # [out, in]
+        energy = (style.float().square() @ weight_sq.t()) * self.scale**2  # [B, out]
+        return out, torch.rsqrt(energy + DEMOD_EPS)
 
     def extra_repr(self) -> str:
         return (
@@ -231,8 +525,16 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_ch, clamp=conv_clamp)
 
-    def forward(self, x: Tensor, w: Tensor, noise: Tensor | None) -> Tensor:
-        out = self.conv(x, w)
+    def forward(
+        self, x: Tensor, w: Tensor, noise: Tensor | None, ops: SynthesisOps = DEFAULT_OPS
+    ) -> Tensor:
+        out, demod = self.conv.forward_parts(x, w, ops)
+        if ops.fused_epilogue:
+            return modulated_bias_act(
+                out, demod, self.activate.bias, noise, self.noise.weight, self.activate.clamp
+            )
+        if demod is not None:
+            out = out * demod.view(*demod.shape, 1, 1).to(out.dtype)
         if noise is not None:
             out = self.noise(out, noise)
         return self.activate(out)
@@ -256,8 +558,10 @@ class ToRGB(nn.Module):
             self.upsample = Upsample(blur_taps)
         self.conv_clamp = conv_clamp
 
-    def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None) -> Tensor:
-        out = self.conv(x, w) + self.bias  # [B, 3, H, W]
+    def forward(
+        self, x: Tensor, w: Tensor, skip: Tensor | None = None, ops: SynthesisOps = DEFAULT_OPS
+    ) -> Tensor:
+        out = self.conv(x, w, ops) + self.bias  # [B, 3, H, W]
         if self.conv_clamp is not None:
             out = out.clamp(-self.conv_clamp, self.conv_clamp)
         if skip is not None:
@@ -297,6 +601,7 @@ class Generator(nn.Module):
         mapping_lr_mul: float = MAPPING_LR_MUL,  # lr multiplier the mapping was trained with
         conv_clamp: float | None = None,  # clamp conv / to-RGB outputs to +-this; None = off
         blur_taps: Sequence[float] = BLUR_TAPS,  # up-sampling filter taps
+        ops: SynthesisOps = DEFAULT_OPS,  # how synthesis computes (same result either way)
     ) -> None:
         super().__init__()
         log_res = int(math.log2(resolution))
@@ -310,6 +615,7 @@ class Generator(nn.Module):
         self.n_latent = 2 * log_res - 2
         self.n_noise = 2 * log_res - 3
         self.conv_clamp = conv_clamp
+        self.ops = ops
 
         hidden = w_dim if mapping_dim is None else mapping_dim
         dims = [z_dim] + [hidden] * (n_mapping - 1) + [w_dim]
@@ -345,7 +651,7 @@ class Generator(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"resolution={self.resolution}, z_dim={self.z_dim}, w_dim={self.w_dim}, "
-            f"n_latent={self.n_latent}, conv_clamp={self.conv_clamp}"
+            f"n_latent={self.n_latent}, conv_clamp={self.conv_clamp}, ops={self.ops}"
         )
 
     def mapping(self, z: Tensor, truncation: float = 1.0) -> Tensor:
@@ -388,35 +694,43 @@ class Generator(nn.Module):
         wplus: Tensor,
         noise_mode: str = "const",
         noise: Sequence[Tensor] | None = None,
+        ops: SynthesisOps | None = None,
     ) -> Tensor:
-        """[B, n_latent, w_dim] -> [B, 3, H, W] in roughly [-1, 1].
+        """[B, n_latent, w_dim] -> [B, 3, H, W] (contiguous NCHW) in roughly [-1, 1].
 
         noise_mode: "const" = stored maps, "random" = fresh N(0, 1), "none" = no noise;
         an explicit ``noise`` list (n_noise maps [B|1, 1, R, R]) overrides the mode.
+        ``ops`` overrides ``self.ops`` for this call.
         """
         if wplus.ndim != 3 or wplus.shape[1:] != (self.n_latent, self.w_dim):
             raise ValueError(
                 f"wplus must be [B, {self.n_latent}, {self.w_dim}], got {list(wplus.shape)}"
             )
+        ops = self.ops if ops is None else ops
         b = wplus.shape[0]
         noises = self._noise_list(b, wplus, noise_mode, noise)
-        x = self.conv1(self.input(b), wplus[:, 0], noises[0])  # [B, C4, 4, 4]
-        img = self.to_rgb1(x, wplus[:, 1])  # [B, 3, 4, 4]
+        x = self.input(b)  # [B, C4, 4, 4]
+        channels_last = wplus.is_cuda if ops.channels_last is None else ops.channels_last
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.conv1(x, wplus[:, 0], noises[0], ops)  # [B, C4, 4, 4]
+        img = self.to_rgb1(x, wplus[:, 1], ops=ops)  # [B, 3, 4, 4]
         for j, to_rgb in enumerate(self.to_rgbs):
             i = 2 * j + 1
-            x = self.convs[2 * j](x, wplus[:, i], noises[i])  # [B, C, 2R, 2R]
-            x = self.convs[2 * j + 1](x, wplus[:, i + 1], noises[i + 1])
-            img = to_rgb(x, wplus[:, i + 2], img)
-        return img
+            x = self.convs[2 * j](x, wplus[:, i], noises[i], ops)  # [B, C, 2R, 2R]
+            x = self.convs[2 * j + 1](x, wplus[:, i + 1], noises[i + 1], ops)
+            img = to_rgb(x, wplus[:, i + 2], img, ops)
+        return img.contiguous()
 
     def forward(
         self,
         wplus: Tensor,
         noise_mode: str = "const",
         noise: Sequence[Tensor] | None = None,
+        ops: SynthesisOps | None = None,
     ) -> Tensor:
         """Same as ``synthesis``: latent optimisation works on W+ directly."""
-        return self.synthesis(wplus, noise_mode=noise_mode, noise=noise)
+        return self.synthesis(wplus, noise_mode=noise_mode, noise=noise, ops=ops)
 
 
 @torch.no_grad()

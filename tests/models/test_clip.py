@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from models.clip import (
     clip_loss,
     load_clip,
     random_clip,
+    sequence_first_attention,
     upstream_preprocess,
 )
 
@@ -138,3 +140,24 @@ def test_load_clip_errors(tmp_path: Path) -> None:
         load_clip("smoke-clip", tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="unknown CLIP model"):
         load_clip("ViT-Nope")
+
+
+def test_sequence_first_attention_matches_the_stock_model() -> None:
+    """The image tower runs sequence-first (contiguous batched projections); the stock
+    batch-first model on the same weights gives the same embeddings and image gradients."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        stock = open_clip.create_model("smoke-clip", pretrained=None)
+    clip = FrozenClip(copy.deepcopy(stock), open_clip.get_tokenizer("smoke-clip"))
+    assert stock.visual.transformer.batch_first and not clip.model.visual.transformer.batch_first
+    assert sequence_first_attention(copy.deepcopy(stock.visual)) == 2  # the smoke config's layers
+    stock.eval().requires_grad_(False)
+    x = _images(SMOKE_SIZE, batch=3).requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    ours = clip.encode_image(x)
+    ref = F.normalize(stock.encode_image(clip.preprocess(x_ref)).float(), dim=-1)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn(ours.shape, generator=torch.Generator().manual_seed(2))
+    (grad,) = torch.autograd.grad(ours, x, upstream)
+    (grad_ref,) = torch.autograd.grad(ref, x_ref, upstream)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-6)

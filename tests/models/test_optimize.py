@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -240,3 +241,33 @@ def test_audio_only_report_has_no_text_keys(
     assert result.image.shape == result.source_image.shape == (1, 3, RES, RES)
     with pytest.raises(ValueError):
         edit(generator, clip, _unit(3), w_source[:, :3], FAST)
+
+
+def test_precision_and_compile_settings_are_checked() -> None:
+    assert (EditConfig().precision, EditConfig().compile_mode) == ("fp32", None)
+    with pytest.raises(ValueError, match="precision"):
+        EditConfig(precision="int8")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="compile_mode"):
+        EditConfig(compile_mode="fastest")
+
+
+def test_bf16_autocast_stays_within_35_db_of_fp32(
+    generator: Generator, clip: FrozenClip, w_source: torch.Tensor
+) -> None:
+    """The GPU path's autocast, exercised on CPU: same edit, image PSNR >= 35 dB vs fp32."""
+    config = dataclasses.replace(FAST, steps=5, lr=0.05, lambda_l2=0.008)
+    fp32 = optimize_latent(generator, clip, _unit(3), w_source, config)
+    bf16 = optimize_latent(
+        generator, clip, _unit(3), w_source, dataclasses.replace(config, precision="bf16")
+    )
+    assert bf16.w.dtype == torch.float32 and bf16.image.dtype == torch.float32
+    with torch.no_grad():
+        source = generator.synthesis(w_source)
+    assert _psnr(fp32.image, source) < 30  # the edit changed the image ...
+    assert _psnr(bf16.image, fp32.image) >= 35  # ... and bf16 lands where fp32 does
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two images in [-1, 1], over the [0, 1] range."""
+    mse = float((((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(1 / mse)

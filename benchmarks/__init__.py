@@ -1,0 +1,1 @@
+"""`make bench`: the optimiser against the official implementation, and the service under load."""

@@ -1,0 +1,207 @@
+"""Batched edits: B edits optimised together give each edit its unbatched result.
+
+The batched loss is the sum of per-edit losses (each with its own L2 and CLIP terms), so each
+latent's gradient is its own and Adam's elementwise update matches the single-edit run. Only
+float rounding differs (batched GEMMs and convolutions sum in another order). Adam divides each
+gradient element by its own magnitude, so an element whose gradient is at rounding level can
+take a step of a different sign, up to ``lr`` away: that touches a handful of float32 elements
+the loss hardly depends on. Hence two checks: in float64, where rounding is far below Adam's
+eps, the latents agree elementwise (W64_TOL); in float32, the images agree (IMAGE_TOL) and the
+latents agree in norm (W32_REL_TOL of the edit's displacement).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.clip import FrozenClip, random_clip
+from models.identity import IdentityLoss, random_identity
+from models.optimize import (
+    EditCanceled,
+    EditConfig,
+    LatentOptimizer,
+    StepInfo,
+    edit,
+    edit_batch,
+    optimize_latent,
+    optimize_latents,
+    start_from_seed,
+)
+from models.stylegan2 import Generator, random_generator
+
+RES = 64
+STEPS = 6
+CONFIG = EditConfig(steps=STEPS, lr=0.1, lambda_l2=0.008, lambda_id=0.0, preview_every=2)
+W64_TOL = 1e-3  # float64: max |w_batched - w_single| (lr = 0.1: no element stepped otherwise)
+IMAGE64_TOL = 1e-4  # float64: max pixel difference, images in [-1, 1]
+W32_REL_TOL = 0.03  # float32: ||w_batched - w_single|| / ||w_single - w_source||
+IMAGE_TOL = 2e-2  # float32: max pixel difference (5 / 255 of the [-1, 1] range)
+LOSS_TOL = 1e-3  # float32: per-step total loss, relative
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def generator() -> Generator:
+    return random_generator(RES, 64, seed=1)
+
+
+@pytest.fixture(scope="module")
+def clip() -> FrozenClip:
+    return random_clip(seed=0)
+
+
+@pytest.fixture(scope="module")
+def generator64(generator: Generator) -> Generator:
+    return copy.deepcopy(generator).double()
+
+
+@pytest.fixture(scope="module")
+def clip64(clip: FrozenClip) -> FrozenClip:
+    return copy.deepcopy(clip).double()
+
+
+@pytest.fixture(scope="module")
+def identity() -> IdentityLoss:
+    return random_identity(seed=0)
+
+
+def _unit(seed: int, dim: int = 512) -> torch.Tensor:
+    return F.normalize(torch.randn(dim, generator=torch.Generator().manual_seed(seed)), dim=0)
+
+
+def _sources(generator: Generator, seeds: tuple[int, ...]) -> torch.Tensor:
+    """(B, n_latent, w_dim) seeded starts, in the generator's dtype."""
+    dtype = next(generator.parameters()).dtype  # type: ignore[attr-defined]
+    starts = [start_from_seed(generator, s) for s in seeds] if dtype == torch.float32 else []
+    if not starts:  # mapping runs in float32 (z is drawn in float32); cast the starts after
+        reference = random_generator(RES, 64, seed=1)
+        starts = [start_from_seed(reference, s) for s in seeds]
+    return torch.cat(starts).to(dtype)
+
+
+def _assert_same_edit(batched: torch.Tensor, single: torch.Tensor, source: torch.Tensor) -> None:
+    """Latents (1, n_latent, w_dim) of one edit, batched and alone."""
+    moved = float((single - source).norm())
+    assert moved > 0.1  # the edit really moved the latent
+    if single.dtype == torch.float64:
+        assert float((batched - single).abs().max()) <= W64_TOL
+    else:
+        assert float((batched - single).norm()) <= W32_REL_TOL * moved
+
+
+def test_batched_equals_unbatched_float64(generator64: Generator, clip64: FrozenClip) -> None:
+    sources = _sources(generator64, (5, 6, 7))
+    # Edit 1 has two weighted targets, so the per-edit target tables differ in length.
+    targets = [_unit(3), torch.stack([_unit(4), _unit(8)]), _unit(9)]
+    weights = [[1.0], [1.0, 0.5], [1.0]]
+    batched = optimize_latents(generator64, clip64, targets, sources, CONFIG, weights=weights)
+    assert len(batched) == 3
+    for b in range(3):
+        single = optimize_latent(
+            generator64, clip64, targets[b], sources[b : b + 1], CONFIG, weights=weights[b]
+        )
+        assert batched[b].w.dtype == torch.float64
+        _assert_same_edit(batched[b].w, single.w, sources[b : b + 1])
+        assert float((batched[b].image - single.image).abs().max()) <= IMAGE64_TOL
+
+
+def test_batched_matches_unbatched_float32(generator: Generator, clip: FrozenClip) -> None:
+    sources = _sources(generator, (5, 6, 7))
+    targets = [_unit(3), torch.stack([_unit(4), _unit(8)]), _unit(9)]
+    weights = [[1.0], [1.0, 0.5], [1.0]]
+    batched = optimize_latents(generator, clip, targets, sources, CONFIG, weights=weights)
+    for b in range(3):
+        single = optimize_latent(
+            generator, clip, targets[b], sources[b : b + 1], CONFIG, weights=weights[b]
+        )
+        _assert_same_edit(batched[b].w, single.w, sources[b : b + 1])
+        assert batched[b].w.shape == single.w.shape == (1, generator.n_latent, generator.w_dim)
+        assert float((batched[b].image - single.image).abs().max()) <= IMAGE_TOL
+        torch.testing.assert_close(
+            torch.tensor(batched[b].losses), torch.tensor(single.losses), rtol=LOSS_TOL, atol=0
+        )
+
+
+def test_batched_with_identity_equals_unbatched(
+    generator: Generator, clip: FrozenClip, identity: IdentityLoss
+) -> None:
+    config = dataclasses.replace(CONFIG, steps=3, lambda_id=0.5)
+    sources = _sources(generator, (5, 6))
+    targets = torch.stack([_unit(3), _unit(4)])  # (B, D): one target per edit
+    batched = optimize_latents(generator, clip, targets, sources, config, identity=identity)
+    for b in range(2):
+        single = optimize_latent(
+            generator, clip, targets[b], sources[b : b + 1], config, identity=identity
+        )
+        _assert_same_edit(batched[b].w, single.w, sources[b : b + 1])
+        assert batched[b].losses[-1] == pytest.approx(single.losses[-1], rel=LOSS_TOL)
+
+
+def test_loss_is_a_sum_of_per_edit_losses(generator64: Generator, clip64: FrozenClip) -> None:
+    """Two copies of one edit each follow the single-edit trajectory; a CLIP term averaged
+    over the batch next to an L2 term summed over it would weaken each edit's CLIP pull."""
+    sources = _sources(generator64, (5, 5))
+    both = optimize_latents(generator64, clip64, [_unit(3), _unit(3)], sources, CONFIG)
+    single = optimize_latent(generator64, clip64, _unit(3), sources[:1], CONFIG)
+    for result in both:
+        _assert_same_edit(result.w, single.w, sources[:1])
+    optimizer = LatentOptimizer(generator64, clip64, [_unit(3), _unit(3)], sources, CONFIG)
+    values = optimizer.step()
+    assert values.loss[0] == pytest.approx(values.loss[1], rel=1e-6)
+    assert values.loss[0] == pytest.approx(values.clip[0] + CONFIG.lambda_l2 * values.l2[0])
+    assert values.images.shape == (2, 3, RES, RES)
+
+
+def test_on_step_reports_every_edit(generator: Generator, clip: FrozenClip) -> None:
+    sources = _sources(generator, (5, 6))
+    infos: list[StepInfo] = []
+    optimize_latents(generator, clip, [_unit(3), _unit(4)], sources, CONFIG, on_step=infos.append)
+    assert [(i.step, i.edit_index) for i in infos] == [(s, b) for s in range(STEPS) for b in (0, 1)]
+    assert all(i.image.shape == (1, 3, RES, RES) for i in infos)
+    assert [i.step for i in infos if i.preview and i.edit_index == 0] == [0, 2, 4, 5]
+    with pytest.raises(EditCanceled):
+        optimize_latents(
+            generator,
+            clip,
+            [_unit(3), _unit(4)],
+            sources,
+            CONFIG,
+            should_cancel=lambda: len(infos) > 2 * STEPS + 1,
+            on_step=infos.append,
+        )
+
+
+@pytest.mark.parametrize("text_mode", ["mix", "sum"])
+def test_edit_batch_equals_edit(generator64: Generator, clip64: FrozenClip, text_mode: str) -> None:
+    config = dataclasses.replace(CONFIG, steps=3, text_mode=text_mode)  # type: ignore[arg-type]
+    sources = _sources(generator64, (5, 6))
+    audio = torch.stack([_unit(3), _unit(4)])
+    text = torch.stack([_unit(8), _unit(9)])
+    results = edit_batch(generator64, clip64, audio, sources, config, text_embs=text)
+    for b in range(2):
+        single = edit(generator64, clip64, audio[b], sources[b : b + 1], config, text_emb=text[b])
+        _assert_same_edit(results[b].w, single.w, sources[b : b + 1])
+        assert float((results[b].image - single.image).abs().max()) <= IMAGE64_TOL
+        report, expected = results[b].report, single.report
+        assert report.keys() == expected.keys()
+        for key in ("clip_audio_after", "clip_text_after", "latent_l2"):
+            assert report[key] == pytest.approx(expected[key], abs=1e-4)
+        assert report["runs"] == expected["runs"] and report["steps"] == expected["steps"]
+
+
+def test_batch_validation(generator: Generator, clip: FrozenClip) -> None:
+    sources = _sources(generator, (5, 6))
+    with pytest.raises(ValueError, match="targets for 2 edits"):
+        optimize_latents(generator, clip, [_unit(3)], sources, CONFIG)
+    with pytest.raises(ValueError, match="weight lists"):
+        optimize_latents(generator, clip, [_unit(3), _unit(4)], sources, CONFIG, weights=[[1.0]])
+    with pytest.raises(ValueError, match="w_sources"):
+        optimize_latents(generator, clip, [_unit(3)], sources[0], CONFIG)
+    with pytest.raises(ValueError, match="audio_embs"):
+        edit_batch(generator, clip, _unit(3)[None], sources, CONFIG)
