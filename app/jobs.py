@@ -76,6 +76,13 @@ class EditJob(BaseModel):
     text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     params: EditParameters
 
+    def batch_key(self) -> tuple[object, ...]:
+        """Edits with equal keys can be optimised as one batch: same models, same optimiser
+        settings, and text joining the sound in all of them (the same way) or in none."""
+        p = self.params
+        text_mode = p.text_mode if self.text else None
+        return (self.profile, p.steps, p.lr, p.lambda_l2, p.lambda_id, text_mode)
+
 
 # Names of the files an edit leaves in storage (see ``app.storage.edit_key``).
 AUDIO_FILE = "audio"

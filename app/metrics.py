@@ -25,9 +25,11 @@ from app.queue import text_hash
 PREFIX = "soundedit:metrics:"
 EDIT_SECONDS_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
 STEP_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 20.0)
+BATCH_EDITS_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 HISTOGRAMS = {
     "edit_seconds": ("Wall time of an edit in the worker", EDIT_SECONDS_BUCKETS),
     "step_seconds": ("Wall time of one optimisation step", STEP_SECONDS_BUCKETS),
+    "batch_edits": ("Edits optimised together in one batch", BATCH_EDITS_BUCKETS),
 }
 
 

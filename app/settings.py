@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     audio_encoder: Path | None = None  # a trained encoder (soundedit train) replacing the profile's
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
 
+    # How the worker runs edits. Batching, autocast and compilation pay on a GPU.
+    max_batch: int | None = Field(default=None, ge=1, le=64)  # None: 8 on a GPU, 1 on a CPU
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the optimiser's passes
+    compile_mode: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
+
     # Upload limits.
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)  # whole multipart body
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, gt=0)  # each file

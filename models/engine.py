@@ -7,7 +7,7 @@ between profiles (smoke: seeded random weights of the same architectures).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,16 @@ from models.audio_encoder import AudioEncoder, load_audio_encoder, random_audio_
 from models.clip import FrozenClip, load_clip, random_clip
 from models.identity import IdentityLoss, load_identity
 from models.invert import InvertStep
-from models.optimize import EditConfig, StepInfo, edit, start_from_seed
+from models.optimize import (
+    DEFAULT_TRUNCATION,
+    EditCanceled,
+    EditConfig,
+    EditResult,
+    Precision,
+    StepInfo,
+    edit_batch,
+    start_from_seed,
+)
 from models.photo import PhotoSource, pil_to_tensor, prepare_photo, tensor_to_uint8
 from models.profiles import Profile
 from models.stylegan2 import Generator, random_generator
@@ -51,6 +60,46 @@ class EditOutput:
     photo: PhotoSource | None = None  # for a photo: the aligned input and its reconstruction
 
 
+@dataclass
+class EditRequest:
+    """One edit's own inputs: its sound, what it starts from, where its progress goes."""
+
+    audio: bytes  # an encoded clip (WAV, FLAC, MP3, OGG)
+    seed: int | None = None  # start: a generated image ...
+    latent: np.ndarray | None = None  # ... a (n_latent, w_dim) W+ latent ...
+    image: Image.Image | None = None  # ... or a photo, inverted into W+ first
+    face_index: int = 0  # which face of a photo, largest first
+    inversion_steps: int | None = None  # None: as many as the edit's steps
+    text: str | None = None  # a prompt joining the sound
+    truncation: float = DEFAULT_TRUNCATION  # of a seed's start
+    random_seed: int = 0
+    on_step: ProgressCallback | None = None
+    should_cancel: CancelCheck | None = None
+
+
+@dataclass(frozen=True)
+class EditOptions:
+    """The optimiser's settings; edits that share them can run as one batch."""
+
+    steps: int
+    lr: float
+    lambda_l2: float
+    lambda_id: float
+    text_mode: str = "mix"  # how text joins the sound: "mix" or "sum"
+    clip_mode: str = "paper"  # see EditEngine.edit
+
+
+@dataclass
+class _Start:
+    """An edit prepared for the optimiser."""
+
+    audio_emb: Tensor  # (1, D) unit length
+    text_emb: Tensor | None  # (1, D) or None
+    w_source: Tensor  # (1, n_latent, w_dim)
+    photo: PhotoSource | None
+    inversion_steps: int | None  # steps the photo's inversion ran
+
+
 def pick_device(name: str) -> torch.device:
     """``auto`` takes the first GPU when there is one."""
     if name == "auto":
@@ -70,8 +119,12 @@ class EditEngine:
         identity: IdentityLoss | None,
         device: torch.device,
         perceptual: nn.Module | None = None,
+        precision: Precision = "fp32",
+        compile_mode: str | None = None,
     ) -> None:
         self.profile = profile
+        self.precision: Precision = precision  # autocast of the optimiser's forward passes
+        self.compile_mode = compile_mode  # torch.compile mode of the generator; None: eager
         self.perceptual = perceptual.to(device) if perceptual is not None else None  # LPIPS
         self.generator = generator.to(device)
         self.clip = clip.to(device)
@@ -86,8 +139,14 @@ class EditEngine:
         cache_dir: Path,
         device: str = "auto",
         audio_encoder: Path | None = None,
+        precision: Precision = "fp32",
+        compile_mode: str | None = None,
     ) -> EditEngine:
-        """The profile's models; ``audio_encoder`` replaces its audio encoder with a trained one."""
+        """The profile's models; ``audio_encoder`` replaces its audio encoder with a trained one.
+
+        ``precision`` ("bf16"/"fp16" autocast) and ``compile_mode`` (``torch.compile``) speed up
+        the optimiser on a GPU; see ``models.optimize.EditConfig``.
+        """
         target = pick_device(device)
         encoder = load_audio_encoder(audio_encoder) if audio_encoder is not None else None
         files: dict[str, WeightFile] = {wf.role: wf for wf in profile_files(profile.name)}
@@ -100,6 +159,8 @@ class EditEngine:
                 encoder or random_audio_encoder(seed=SMOKE_SEED),
                 identity,
                 target,
+                precision=precision,
+                compile_mode=compile_mode,
             )
         from models.checkpoints import load_generator
 
@@ -117,6 +178,8 @@ class EditEngine:
             identity,
             target,
             perceptual=_load_lpips(files, cache_dir),
+            precision=precision,
+            compile_mode=compile_mode,
         )
 
     def describe(self) -> str:
@@ -125,7 +188,8 @@ class EditEngine:
         )
         return (
             f"{self.profile.name}: {self.generator.resolution} px generator, "
-            f"{self.generator.n_latent} W+ layers, {identity}, on {self.device}"
+            f"{self.generator.n_latent} W+ layers, {identity}, on {self.device}, "
+            f"{self.precision}" + (f", compiled ({self.compile_mode})" if self.compile_mode else "")
         )
 
     @torch.no_grad()
@@ -179,58 +243,158 @@ class EditEngine:
         the sound (``text_mode``). ``clip_mode`` "paper" feeds CLIP an antialiased resize with
         CLIP's normalisation and uses 1 − cos; "upstream" reproduces the official code exactly
         (nearest ×7 upsampling + average pooling, no normalisation, 1 − cos·e^0.07).
+        Raises what the edit failed with (``ValueError`` for unusable inputs, ``EditCanceled``).
         """
-        if clip_mode not in CLIP_MODES:
-            raise ValueError(f"clip_mode must be one of {list(CLIP_MODES)}, got {clip_mode!r}")
-        torch.manual_seed(random_seed)
-        audio_emb = self.embed_audio(audio)  # first: a bad clip fails before any long phase
+        request = EditRequest(
+            audio=audio,
+            seed=seed,
+            latent=latent,
+            image=image,
+            face_index=face_index,
+            inversion_steps=inversion_steps,
+            text=text,
+            truncation=truncation,
+            random_seed=random_seed,
+            on_step=on_step,
+            should_cancel=should_cancel,
+        )
+        options = EditOptions(steps, lr, lambda_l2, lambda_id, text_mode, clip_mode)
+        (outcome,) = self.edit_batch([request], options)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def edit_batch(
+        self, requests: Sequence[EditRequest], options: EditOptions
+    ) -> list[EditOutput | Exception]:
+        """Several edits sharing ``options``, optimised together; one outcome per request.
+
+        Each edit's inputs are prepared alone (a bad clip, a photo without a face or a cancel
+        fails that edit only), then the edits with text and those without are each optimised
+        as one batch. Every result equals that of the edit run alone, up to float rounding
+        (``models.optimize.optimize_latents``). A batch the GPU has no memory for is run again
+        one edit at a time. Errors of the batch itself (a time limit) are raised.
+        """
+        config = self._config(options)
+        outcomes: list[EditOutput | Exception | None] = [None] * len(requests)
+        starts: dict[int, _Start] = {}
+        for i, request in enumerate(requests):
+            try:
+                starts[i] = self._start(request, options)
+            except Exception as exc:  # this edit's inputs, or its cancellation
+                outcomes[i] = exc
+        with_text = [i for i in starts if requests[i].text]
+        for group in ([i for i in starts if not requests[i].text], with_text):
+            if group:
+                batch = [(requests[i], starts[i]) for i in group]
+                for i, outcome in zip(group, self._optimize(batch, options, config), strict=True):
+                    outcomes[i] = outcome
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _config(self, options: EditOptions) -> EditConfig:
+        if options.clip_mode not in CLIP_MODES:
+            raise ValueError(
+                f"clip_mode must be one of {list(CLIP_MODES)}, got {options.clip_mode!r}"
+            )
+        upstream = options.clip_mode == "upstream"
+        return EditConfig(
+            steps=options.steps,
+            lr=options.lr,
+            lambda_l2=options.lambda_l2,
+            lambda_id=options.lambda_id if self.identity is not None else 0.0,
+            text_mode=options.text_mode,  # type: ignore[arg-type]
+            clip_preprocess="upstream" if upstream else "resize",
+            clip_loss_mode="upstream" if upstream else "cosine",
+            preview_every=max(1, options.steps // PREVIEWS_PER_RUN),
+            precision=self.precision,
+            compile_mode=self.compile_mode,
+        )
+
+    def _start(self, request: EditRequest, options: EditOptions) -> _Start:
+        """What one edit starts from: its embeddings and source latent (a photo is inverted)."""
+        torch.manual_seed(request.random_seed)
+        audio_emb = self.embed_audio(request.audio)  # first: a bad clip fails before any long phase
         photo = None
-        if image is not None:
+        if request.image is not None:
             photo = self._invert_photo(
-                image, face_index, inversion_steps or steps, on_step, should_cancel
+                request.image,
+                request.face_index,
+                request.inversion_steps or options.steps,
+                request.on_step,
+                request.should_cancel,
             )
             w_source = photo.latent.to(self.device)
         else:
-            w_source = self.start_latent(seed, latent, truncation)
+            w_source = self.start_latent(request.seed, request.latent, request.truncation)
         text_emb = None
-        if text:
+        if request.text:
             with torch.no_grad():
-                text_emb = self.clip.encode_text([text])
-        config = EditConfig(
-            steps=steps,
-            lr=lr,
-            lambda_l2=lambda_l2,
-            lambda_id=lambda_id if self.identity is not None else 0.0,
-            text_mode=text_mode,  # type: ignore[arg-type]
-            clip_preprocess="upstream" if clip_mode == "upstream" else "resize",
-            clip_loss_mode="upstream" if clip_mode == "upstream" else "cosine",
-            preview_every=max(1, steps // PREVIEWS_PER_RUN),
-        )
-        runs = 2 if text_emb is not None and text_mode == "mix" else 1
+                text_emb = self.clip.encode_text([request.text])  # (1, D)
+        steps = request.inversion_steps or options.steps if photo is not None else None
+        return _Start(audio_emb, text_emb, w_source, photo, steps)
+
+    def _optimize(
+        self,
+        batch: Sequence[tuple[EditRequest, _Start]],
+        options: EditOptions,
+        config: EditConfig,
+    ) -> list[EditOutput | Exception]:
+        """One batch through the Eq. 2 optimiser; outcomes in order."""
+        texts = [start.text_emb for _, start in batch]
+        runs = 2 if texts[0] is not None and config.text_mode == "mix" else 1
 
         def progress(info: StepInfo) -> None:
+            on_step = batch[info.edit_index][0].on_step
             if on_step is not None:
                 preview = tensor_to_uint8(info.image) if info.preview else None
-                on_step(
-                    "editing",
-                    info.phase_index * info.steps + info.step + 1,
-                    runs * info.steps,
-                    preview,
-                )
+                done = info.phase_index * info.steps + info.step + 1
+                on_step("editing", done, runs * info.steps, preview)
 
-        result = edit(
-            self.generator,
-            self.clip,
-            audio_emb,
-            w_source,
-            config,
-            text_emb=text_emb,
-            identity=self.identity if config.lambda_id > 0 else None,
-            on_step=progress,
-            should_cancel=should_cancel,
-        )
-        report = {**result.report, "profile": self.profile.name, "clip_mode": clip_mode}
-        if lambda_id > 0 and self.identity is None:
+        def canceled(b: int) -> bool:
+            should_cancel = batch[b][0].should_cancel
+            return should_cancel is not None and should_cancel()
+
+        try:
+            results = edit_batch(
+                self.generator,
+                self.clip,
+                torch.cat([start.audio_emb for _, start in batch]),  # (B, D)
+                torch.cat([start.w_source for _, start in batch]),  # (B, n_latent, w_dim)
+                config,
+                text_embs=None if texts[0] is None else torch.cat(texts),  # type: ignore[arg-type]
+                identity=self.identity if config.lambda_id > 0 else None,
+                on_step=progress,
+                should_cancel=canceled,
+            )
+        except torch.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            torch.cuda.empty_cache()
+            logger.warning(
+                "a batch of %d edits ran out of memory; running them one by one", len(batch)
+            )
+            return [
+                outcome for item in batch for outcome in self._optimize([item], options, config)
+            ]
+        return [
+            result
+            if isinstance(result, EditCanceled)
+            else self._finish(start, result, options, len(batch))
+            for (_, start), result in zip(batch, results, strict=True)
+        ]
+
+    def _finish(
+        self, start: _Start, result: EditResult, options: EditOptions, batch_size: int
+    ) -> EditOutput:
+        """The edit's images, latent and report (identity kept, photo quality, batch size)."""
+        photo = start.photo
+        report = {
+            **result.report,
+            "profile": self.profile.name,
+            "clip_mode": options.clip_mode,
+            "batch_size": batch_size,
+        }
+        if options.lambda_id > 0 and self.identity is None:
             report["identity_loss"] = "off: no identity network in this profile"
         if self.identity is not None:
             # Identity kept from what the user gave: the photo itself, else the source image.
@@ -248,7 +412,7 @@ class EditEngine:
                 reconstruction_psnr=photo.psnr,
                 reconstruction_ssim=photo.ssim,
                 faces_found=photo.faces_found,
-                inversion_steps=inversion_steps or steps,
+                inversion_steps=start.inversion_steps,
             )
         return EditOutput(
             result=tensor_to_uint8(result.image),

@@ -8,12 +8,14 @@ schedule, generator / CLIP / identity networks frozen. Deterministic on CPU for 
 Several edits on one generator and one ``EditConfig`` can run as one batch
 (``optimize_latents``, ``edit_batch``): the batched loss is the sum of the per-edit losses, so
 each edit's latent receives exactly its own gradient, and Adam, being elementwise, gives each
-edit the update it would get alone (up to float rounding of the batched convolutions).
+edit the update it would get alone (up to float rounding of the batched convolutions). An edit
+canceled mid-batch leaves the batch; the others go on as if it had never been there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -209,6 +211,7 @@ class EditResult:
 
 StepCallback = Callable[[StepInfo], None]
 CancelCheck = Callable[[], bool]
+EditCancelCheck = Callable[[int], bool]  # of a batch: is edit ``edit_index`` to stop?
 
 
 def optimize_latent(
@@ -233,12 +236,7 @@ def optimize_latent(
     and ``config.lambda_id > 0``; its source features are computed once. Raises ``EditCanceled``
     when ``should_cancel()`` turns True (checked before every step).
     """
-    n_latent, w_dim = generator.n_latent, generator.w_dim
-    if tuple(w_source.shape) != (1, n_latent, w_dim):
-        raise ValueError(
-            f"w_source must be (1, {n_latent}, {w_dim}) for this generator, "
-            f"got {tuple(w_source.shape)}"
-        )
+    _check_single(generator, w_source)
     (result,) = optimize_latents(
         generator,
         clip,
@@ -248,11 +246,13 @@ def optimize_latent(
         weights=None if weights is None else [weights],
         identity=identity,
         on_step=on_step,
-        should_cancel=should_cancel,
+        should_cancel=_for_batch(should_cancel),
         phase=phase,
         phase_index=phase_index,
         phases=phases,
     )
+    if isinstance(result, EditCanceled):
+        raise result
     return result
 
 
@@ -266,33 +266,40 @@ def optimize_latents(
     weights: Sequence[Sequence[float]] | None = None,
     identity: IdentityLoss | None = None,
     on_step: StepCallback | None = None,
-    should_cancel: CancelCheck | None = None,
+    should_cancel: EditCancelCheck | None = None,
     phase: str = "joint",
     phase_index: int = 0,
     phases: int = 1,
-) -> list[OptimizeResult]:
-    """Optimise B edits of one generator as one batch; the per-edit results, in order.
+) -> list[OptimizeResult | EditCanceled]:
+    """Optimise B edits of one generator as one batch; the per-edit outcomes, in order.
 
     ``w_sources`` is (B, n_latent, w_dim); ``targets`` holds one entry per edit, each (D,),
     (1, D) or (K_b, D) as in ``optimize_latent`` (a (B, D) tensor gives one target per edit);
     ``weights`` one list per edit. The loss minimised is the SUM over edits of each edit's
     Eq. 2 loss (its CLIP term, its own ||w_b - w_s,b||², its identity term), so each latent gets
     its own gradient and Adam's elementwise update equals the unbatched one. ``on_step`` is
-    called once per edit per step (``StepInfo.edit_index``); ``should_cancel`` stops the batch.
-    Equivalence assumes deterministic noise ("const" or "none").
+    called once per edit per step (``StepInfo.edit_index``). ``should_cancel(b)`` is asked
+    before every step for each edit still running; an edit it stops leaves the batch and its
+    outcome is ``EditCanceled``. Equivalence assumes deterministic noise ("const" or "none").
     """
     optimizer = LatentOptimizer(
         generator, clip, targets, w_sources, config, weights=weights, identity=identity
     )
+    outcomes: list[OptimizeResult | EditCanceled | None] = [None] * optimizer.batch
     for step in range(config.steps):
-        if should_cancel is not None and should_cancel():
-            raise EditCanceled(step, phase)
+        if should_cancel is not None:
+            stopped = [b for b in optimizer.edits if should_cancel(b)]
+            for b in stopped:
+                outcomes[b] = EditCanceled(step, phase)
+            optimizer.drop(stopped)
+        if optimizer.batch == 0:
+            break
         values = optimizer.step()
         if on_step is not None:
             last = step == config.steps - 1
             every = config.preview_every
             frames = values.images.float()
-            for b in range(optimizer.batch):
+            for row, b in enumerate(optimizer.edits):
                 on_step(
                     StepInfo(
                         phase=phase,
@@ -301,16 +308,19 @@ def optimize_latents(
                         step=step,
                         steps=config.steps,
                         lr=values.lr,
-                        loss=values.loss[b],
-                        clip=values.clip[b],
-                        l2=values.l2[b],
-                        identity=None if values.identity is None else values.identity[b],
-                        image=frames[b : b + 1],
+                        loss=values.loss[row],
+                        clip=values.clip[row],
+                        l2=values.l2[row],
+                        identity=None if values.identity is None else values.identity[row],
+                        image=frames[row : row + 1],
                         preview=last or (every > 0 and step % every == 0),
                         edit_index=b,
                     )
                 )
-    return optimizer.results()
+    if optimizer.batch:
+        for b, result in zip(optimizer.edits, optimizer.results(), strict=True):
+            outcomes[b] = result
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 @dataclass(frozen=True)
@@ -330,6 +340,7 @@ class LatentOptimizer:
 
     ``optimize_latents`` drives it; benchmarks and callers that interleave work between steps
     (e.g. to admit or preempt edits) can drive it themselves. Networks are frozen on entry.
+    Rows are edits; ``drop`` removes some, and ``edits`` maps the rows left to edit indices.
     """
 
     def __init__(
@@ -343,14 +354,9 @@ class LatentOptimizer:
         weights: Sequence[Sequence[float]] | None = None,
         identity: IdentityLoss | None = None,
     ) -> None:
-        n_latent, w_dim = generator.n_latent, generator.w_dim
-        if w_sources.ndim != 3 or tuple(w_sources.shape[1:]) != (n_latent, w_dim):
-            raise ValueError(
-                f"w_sources must be (B, {n_latent}, {w_dim}) for this generator, "
-                f"got {tuple(w_sources.shape)}"
-            )
+        _check_batch(generator, w_sources)
         self.generator, self.clip, self.config = generator, clip, config
-        self.batch = w_sources.shape[0]
+        self.edits = list(range(w_sources.shape[0]))  # the edit index of each row still running
         # float32 unless the caller runs the networks in float64 (exactness checks)
         dtype = torch.float64 if w_sources.dtype == torch.float64 else torch.float32
         self.w_s = w_sources.detach().to(dtype)  # (B, n_latent, w_dim)
@@ -417,8 +423,34 @@ class LatentOptimizer:
             images=image.detach(),
         )
 
+    @property
+    def batch(self) -> int:
+        """Edits still being optimised."""
+        return len(self.edits)
+
+    def drop(self, edits: Sequence[int]) -> None:
+        """Stop optimising ``edits`` (edit indices); the other rows keep their Adam state."""
+        keep = [row for row, b in enumerate(self.edits) if b not in edits]
+        if len(keep) == len(self.edits):
+            return
+        rows = torch.tensor(keep, dtype=torch.long, device=self.w.device)
+        state = self.adam.state.get(self.w, {})  # empty before the first step
+        self.w = self.w.detach()[rows].requires_grad_(True)
+        self.adam = torch.optim.Adam([self.w], lr=self.config.lr)
+        if state:  # moments are (B, n_latent, w_dim) like w; "step" is a shared scalar
+            self.adam.state[self.w] = {
+                name: value[rows] if value.ndim == self.w.ndim else value.clone()
+                for name, value in state.items()
+            }
+        self.w_s = self.w_s[rows]
+        self.targets, self.weights = self.targets[rows], self.weights[rows]
+        if self.source_feats is not None:
+            self.source_feats = self.source_feats[rows]
+        self.edits = [self.edits[row] for row in keep]
+        self.losses = [self.losses[row] for row in keep]
+
     def results(self) -> list[OptimizeResult]:
-        """The latents as they are now and their images (rendered in fp32), per edit."""
+        """The latents as they are now and their images (rendered in fp32), per row."""
         w_final = self.w.detach()
         with torch.no_grad():
             images = self.generator.synthesis(w_final, noise_mode=self.config.noise_mode)
@@ -525,26 +557,22 @@ def edit(
     ``clip_text_before/after`` (with text), ``latent_l2`` (||w - w_s||, not squared),
     ``identity_similarity`` (ArcFace cosine of source and result, when ``identity`` is given),
     ``steps`` (run in total), ``runs``, ``text_mode``, ``mix_layer_split`` and ``seconds``.
+    Raises ``EditCanceled`` when ``should_cancel()`` turns True.
     """
-    n_latent, w_dim = generator.n_latent, generator.w_dim
-    if tuple(w_source.shape) != (1, n_latent, w_dim):
-        raise ValueError(
-            f"w_source must be (1, {n_latent}, {w_dim}) for this generator, "
-            f"got {tuple(w_source.shape)}"
-        )
-    audio = _as_row(audio_emb, "audio_emb")  # (1, D)
-    text = None if text_emb is None else _as_row(text_emb, "text_emb")  # (1, D)
+    _check_single(generator, w_source)
     (result,) = edit_batch(
         generator,
         clip,
-        audio,
+        _as_rows(audio_emb, 1, "audio_emb"),
         w_source,
         config,
-        text_embs=text,
+        text_embs=None if text_emb is None else _as_rows(text_emb, 1, "text_emb"),
         identity=identity,
         on_step=on_step,
-        should_cancel=should_cancel,
+        should_cancel=_for_batch(should_cancel),
     )
+    if isinstance(result, EditCanceled):
+        raise result
     return result
 
 
@@ -558,115 +586,110 @@ def edit_batch(
     text_embs: Tensor | None = None,
     identity: IdentityLoss | None = None,
     on_step: StepCallback | None = None,
-    should_cancel: CancelCheck | None = None,
-) -> list[EditResult]:
-    """B compatible edits as one batch: ``edit`` for each row, results in order.
+    should_cancel: EditCancelCheck | None = None,
+) -> list[EditResult | EditCanceled]:
+    """B compatible edits as one batch: ``edit`` for each row, outcomes in order.
 
     ``audio_embs`` (B, D), ``w_sources`` (B, n_latent, w_dim), ``text_embs`` None or (B, D):
     compatible edits share the generator, ``config`` and whether text joins the sound. Each
     result equals the unbatched ``edit`` up to float rounding (see ``optimize_latents``);
     ``on_step`` receives every edit's steps (``StepInfo.edit_index``) and the report's
-    ``seconds`` is the whole batch's wall time.
+    ``seconds`` is the whole batch's wall time. An edit that ``should_cancel(b)`` stops leaves
+    the batch (a "mix" edit stopped in its sound run skips its text run) as ``EditCanceled``.
     """
     started = time.perf_counter()
-    n_latent, w_dim = generator.n_latent, generator.w_dim
-    if w_sources.ndim != 3 or tuple(w_sources.shape[1:]) != (n_latent, w_dim):
-        raise ValueError(
-            f"w_sources must be (B, {n_latent}, {w_dim}) for this generator, "
-            f"got {tuple(w_sources.shape)}"
-        )
+    _check_batch(generator, w_sources)
     batch = w_sources.shape[0]
     audio = _as_rows(audio_embs, batch, "audio_embs")  # (B, D)
     text = None if text_embs is None else _as_rows(text_embs, batch, "text_embs")  # (B, D)
     mixing = text is not None and config.text_mode == "mix"
-    split = config.layer_split(n_latent) if mixing else None
-    common: dict[str, Any] = {
-        "identity": identity,
-        "on_step": on_step,
-        "should_cancel": should_cancel,
-    }
+    split = config.layer_split(generator.n_latent) if mixing else None
+    outcomes: list[EditResult | EditCanceled | None] = [None] * batch
 
-    if text is None:
-        results = optimize_latents(generator, clip, audio, w_sources, config, **common)
-        w = torch.cat([r.w for r in results])
-        image = torch.cat([r.image for r in results])
-        runs = 1
-    elif mixing:
-        assert split is not None
-        by_audio = optimize_latents(
-            generator, clip, audio, w_sources, config, phase="audio", phases=2, **common
-        )
-        by_text = optimize_latents(
-            generator,
-            clip,
-            text,
-            w_sources,
-            config,
-            phase="text",
-            phase_index=1,
-            phases=2,
-            **common,
-        )
-        w = mix_latents(
-            torch.cat([r.w for r in by_audio]), torch.cat([r.w for r in by_text]), split
-        )
-        runs = 2
-        with torch.no_grad():
-            image = generator.synthesis(w, noise_mode=config.noise_mode)
-    else:
-        both = [torch.stack([a, t]) for a, t in zip(audio, text, strict=True)]  # B x (2, D)
+    def run(
+        edits: list[int],
+        targets: Tensor,
+        weights: list[tuple[float, ...]] | None = None,
+        **phase: Any,
+    ) -> dict[int, Tensor]:
+        """One optimisation of ``edits``: the final (1, n_latent, w_dim) latent of each edit
+        not canceled, by edit index; the canceled ones' outcomes are recorded."""
+
+        def report_step(info: StepInfo) -> None:
+            assert on_step is not None
+            on_step(dataclasses.replace(info, edit_index=edits[info.edit_index]))
+
         results = optimize_latents(
             generator,
             clip,
-            both,
-            w_sources,
+            targets[edits],
+            w_sources[edits],
             config,
-            weights=[(1.0, config.text_weight)] * batch,
-            **common,
+            weights=None if weights is None else [weights[b] for b in edits],
+            identity=identity,
+            on_step=None if on_step is None else report_step,
+            should_cancel=None if should_cancel is None else lambda row: should_cancel(edits[row]),
+            **phase,
         )
-        w = torch.cat([r.w for r in results])
-        image = torch.cat([r.image for r in results])
-        runs = 1
+        latents = {}
+        for b, result in zip(edits, results, strict=True):
+            if isinstance(result, EditCanceled):
+                outcomes[b] = result
+            else:
+                latents[b] = result.w
+        return latents
 
-    with torch.no_grad():
-        w_s = w_sources.detach().to(w.dtype)
-        source_image = generator.synthesis(w_s, noise_mode=config.noise_mode)
-        emb_before = clip.encode_image(source_image, config.clip_preprocess)
-        emb_after = clip.encode_image(image, config.clip_preprocess)
-        audio_before = _cosines(emb_before, audio)
-        audio_after = _cosines(emb_after, audio)
-        text_before = None if text is None else _cosines(emb_before, text)
-        text_after = None if text is None else _cosines(emb_after, text)
-        distance = torch.linalg.vector_norm((w - w_s).flatten(1), dim=1).tolist()
-        identity_sim = None if identity is None else identity.similarity(source_image, image)
-    seconds = time.perf_counter() - started
+    everyone = list(range(batch))
+    if text is None:
+        latents = run(everyone, audio)
+    elif mixing:
+        assert split is not None
+        by_audio = run(everyone, audio, phase="audio", phases=2)
+        by_text = run(list(by_audio), text, phase="text", phase_index=1, phases=2)
+        latents = {b: mix_latents(by_audio[b], w, split) for b, w in by_text.items()}
+    else:
+        both = torch.stack([audio, text], dim=1)  # (B, 2, D): sound and text targets
+        latents = run(everyone, both, weights=[(1.0, config.text_weight)] * batch)
 
-    edits: list[EditResult] = []
-    for b in range(batch):
-        report: dict[str, Any] = {
-            "clip_audio_before": audio_before[b],
-            "clip_audio_after": audio_after[b],
-        }
-        if text_before is not None and text_after is not None:
-            report["clip_text_before"] = text_before[b]
-            report["clip_text_after"] = text_after[b]
-        report["latent_l2"] = distance[b]
-        if identity_sim is not None:
-            report["identity_similarity"] = float(identity_sim[b])
-        report["steps"] = config.steps * runs
-        report["runs"] = runs
-        report["text_mode"] = config.text_mode if text is not None else None
-        report["mix_layer_split"] = split
-        report["seconds"] = seconds
-        edits.append(
-            EditResult(
-                w=w[b : b + 1],
-                image=image[b : b + 1],
-                source_image=source_image[b : b + 1],
+    finished = sorted(latents)
+    if finished:
+        w = torch.cat([latents[b] for b in finished])  # (F, n_latent, w_dim)
+        with torch.no_grad():
+            w_s = w_sources[finished].detach().to(w.dtype)
+            image = generator.synthesis(w, noise_mode=config.noise_mode)  # fp32, (F, 3, H, W)
+            source_image = generator.synthesis(w_s, noise_mode=config.noise_mode)
+            emb_before = clip.encode_image(source_image, config.clip_preprocess)
+            emb_after = clip.encode_image(image, config.clip_preprocess)
+            audio_before = _cosines(emb_before, audio[finished])
+            audio_after = _cosines(emb_after, audio[finished])
+            text_before = None if text is None else _cosines(emb_before, text[finished])
+            text_after = None if text is None else _cosines(emb_after, text[finished])
+            distance = torch.linalg.vector_norm((w - w_s).flatten(1), dim=1).tolist()
+            identity_sim = None if identity is None else identity.similarity(source_image, image)
+        seconds = time.perf_counter() - started
+        for row, b in enumerate(finished):
+            report: dict[str, Any] = {
+                "clip_audio_before": audio_before[row],
+                "clip_audio_after": audio_after[row],
+            }
+            if text_before is not None and text_after is not None:
+                report["clip_text_before"] = text_before[row]
+                report["clip_text_after"] = text_after[row]
+            report["latent_l2"] = distance[row]
+            if identity_sim is not None:
+                report["identity_similarity"] = float(identity_sim[row])
+            report["steps"] = config.steps * (2 if mixing else 1)
+            report["runs"] = 2 if mixing else 1
+            report["text_mode"] = config.text_mode if text is not None else None
+            report["mix_layer_split"] = split
+            report["seconds"] = seconds
+            outcomes[b] = EditResult(
+                w=w[row : row + 1],
+                image=image[row : row + 1],
+                source_image=source_image[row : row + 1],
                 report=report,
             )
-        )
-    return edits
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 @torch.no_grad()
@@ -694,20 +717,37 @@ def _device_of(generator: Generator) -> torch.device:
     return torch.device("cpu")
 
 
-def _as_row(emb: Tensor, name: str) -> Tensor:
-    """(D,) or (1, D) -> (1, D) float32."""
-    row = emb.reshape(1, -1) if emb.ndim == 1 else emb
-    if row.ndim != 2 or row.shape[0] != 1:
-        raise ValueError(f"{name} must be (D,) or (1, D), got {tuple(emb.shape)}")
-    return row.detach().float()
-
-
 def _as_rows(embs: Tensor, batch: int, name: str) -> Tensor:
     """(B, D) float32 (a (D,) vector is one row)."""
     rows = embs.reshape(1, -1) if embs.ndim == 1 else embs
     if rows.ndim != 2 or rows.shape[0] != batch:
         raise ValueError(f"{name} must be ({batch}, D), got {tuple(embs.shape)}")
     return rows.detach().float()
+
+
+def _check_batch(generator: Generator, w_sources: Tensor) -> None:
+    n_latent, w_dim = generator.n_latent, generator.w_dim
+    if w_sources.ndim != 3 or tuple(w_sources.shape[1:]) != (n_latent, w_dim):
+        raise ValueError(
+            f"w_sources must be (B, {n_latent}, {w_dim}) for this generator, "
+            f"got {tuple(w_sources.shape)}"
+        )
+
+
+def _check_single(generator: Generator, w_source: Tensor) -> None:
+    n_latent, w_dim = generator.n_latent, generator.w_dim
+    if tuple(w_source.shape) != (1, n_latent, w_dim):
+        raise ValueError(
+            f"w_source must be (1, {n_latent}, {w_dim}) for this generator, "
+            f"got {tuple(w_source.shape)}"
+        )
+
+
+def _for_batch(should_cancel: CancelCheck | None) -> EditCancelCheck | None:
+    """A single edit's cancel check, asked as the check of a batch of one."""
+    if should_cancel is None:
+        return None
+    return lambda _edit_index: should_cancel()
 
 
 def _cosines(a: Tensor, b: Tensor) -> list[float]:

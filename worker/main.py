@@ -2,8 +2,10 @@
 
 RQ's default worker forks a work-horse per job, so models loaded in a job would die with it
 (and a parent that touched CUDA cannot fork); the simple worker runs jobs in-process instead.
-Beside the job loop, two daemon threads keep the service healthy: one announces the worker and
-recovers edits of dead workers, one delivers webhooks.
+It takes each dequeued edit together with compatible queued ones (``worker.batching``) and
+runs them as one batched optimisation (``worker.jobs.run_edits``). Beside the job loop, daemon
+threads keep the service healthy: one announces the worker and recovers edits of dead workers,
+one removes expired files, one delivers webhooks.
 """
 
 from __future__ import annotations
@@ -17,12 +19,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rq import Queue, SimpleWorker
+from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.timeouts import JobTimeoutException
+from rq.utils import now
+from rq.worker import WorkerStatus
 
 from app import webhooks
 from app.queue import WORKER_KEY_PREFIX, connect, edit_queue
 from app.settings import Settings
 from worker import runtime
+from worker.batching import take_companions
+from worker.jobs import EditRun, Outcome, run_edits
 from worker.watchdog import remove_expired_files, requeue_abandoned
 
 logger = logging.getLogger(__name__)
@@ -31,16 +39,20 @@ HEARTBEAT_INTERVAL_S = 3.0
 HEARTBEAT_TTL_S = 10  # the worker's status key vanishes this long after the process dies
 CLEANUP_INTERVAL_S = 600.0  # how often expired edits' files are looked for
 WEBHOOK_POLL_S = 0.5
+GPU_MAX_BATCH = 8  # edits batched on a GPU unless SOUNDEDIT_MAX_BATCH says otherwise
 
 
 class EditWorker(SimpleWorker):
-    """Loads the profile's models in ``__init__`` and reports itself in Redis while it lives."""
+    """Loads the profile's models in ``__init__``, runs edits in batches of up to ``max_batch``
+    and reports itself in Redis while it lives."""
 
     def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
         kwargs.setdefault("serializer", JSONSerializer)
         super().__init__(*args, **kwargs)
         self.settings = settings
         self.engine = runtime.engine()
+        on_gpu = self.engine.device.type == "cuda"
+        self.max_batch = settings.max_batch or (GPU_MAX_BATCH if on_gpu else 1)
         self.jobs_done = 0
         self.jobs_failed = 0
         self._stopping = threading.Event()
@@ -54,9 +66,10 @@ class EditWorker(SimpleWorker):
             "queues": ",".join(queue.name for queue in self.queues),
             "device": str(self.engine.device),
             "model_loads": str(runtime.model_loads),
+            "max_batch": str(self.max_batch),
             "jobs_done": str(self.jobs_done),
             "jobs_failed": str(self.jobs_failed),
-            "current_edit": self.get_current_job_id() or "",
+            "current_edits": ",".join(e.job_id for e in list(self.executions.values())),
             "updated_at": datetime.now(UTC).isoformat(),
         }
 
@@ -107,6 +120,34 @@ class EditWorker(SimpleWorker):
                 thread.join(timeout=HEARTBEAT_INTERVAL_S)
             self.connection.delete(self._status_key)
 
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run ``job`` with up to ``max_batch - 1`` compatible queued edits, as one batch.
+
+        Each edit goes through RQ's own bookkeeping (started, then finished or failed, with its
+        result); the batch runs under the longest time limit of its edits.
+        """
+        batch = [job, *take_companions(queue, job, self.max_batch - 1)]
+        executions = [self.prepare_execution(member) for member in batch]
+        outcomes: list[Outcome]
+        try:
+            for member in batch:
+                self.prepare_job_execution(member, remove_from_intermediate_queue=True)
+                member.started_at = now()
+            limit = max(member.timeout or Queue.DEFAULT_TIMEOUT for member in batch)
+            with self.death_penalty_class(limit, JobTimeoutException, job_id=job.id):
+                outcomes = run_edits(batch)
+        except Exception as exc:  # Redis failed us, or the time limit struck between edits
+            for member in batch:
+                EditRun(member).fail(exc)
+            outcomes = [exc] * len(batch)
+        for member, execution, outcome in zip(batch, executions, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                info = (type(outcome), outcome, outcome.__traceback__)
+                self._finalize_failure(member, queue, execution, info)
+            else:
+                self._finalize_success(member, queue, execution, outcome)
+        self.set_state(WorkerStatus.IDLE)
+
     def handle_job_success(self, *args: Any, **kwargs: Any) -> None:
         self.jobs_done += 1
         super().handle_job_success(*args, **kwargs)
@@ -127,8 +168,9 @@ def run_worker(settings: Settings, *, burst: bool = False) -> bool:
     started = time.monotonic()
     worker = EditWorker([queue], connection=redis, settings=settings)
     logger.info(
-        "worker %s serves %s with profile %r on %s (models loaded in %.1f s)",
-        worker.name, queue.name, profile.name, worker.engine.device, time.monotonic() - started,
+        "worker %s serves %s with profile %r on %s, batches of up to %d (models loaded in %.1f s)",
+        worker.name, queue.name, profile.name, worker.engine.device, worker.max_batch,
+        time.monotonic() - started,
     )  # fmt: skip
     if profile.smoke:
         logger.warning("the smoke profile runs random weights: edits carry no meaning")

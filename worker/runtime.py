@@ -48,6 +48,8 @@ def engine() -> EditEngine:
                 cache_dir=current.model_cache,
                 device=current.device,
                 audio_encoder=current.audio_encoder,
+                precision=current.precision,
+                compile_mode=None if current.compile_mode == "none" else current.compile_mode,
             )
             model_loads += 1
             logger.info("models loaded (load #%d): %s", model_loads, _engine.describe())

@@ -24,7 +24,9 @@ from models.identity import IdentityLoss, random_identity
 from models.optimize import (
     EditCanceled,
     EditConfig,
+    EditResult,
     LatentOptimizer,
+    OptimizeResult,
     StepInfo,
     edit,
     edit_batch,
@@ -85,6 +87,12 @@ def _sources(generator: Generator, seeds: tuple[int, ...]) -> torch.Tensor:
     return torch.cat(starts).to(dtype)
 
 
+def _finished(outcomes: list[OptimizeResult | EditCanceled]) -> list[OptimizeResult]:
+    """The results of a batch in which no edit was canceled."""
+    assert all(isinstance(o, OptimizeResult) for o in outcomes)
+    return [o for o in outcomes if isinstance(o, OptimizeResult)]
+
+
 def _assert_same_edit(batched: torch.Tensor, single: torch.Tensor, source: torch.Tensor) -> None:
     """Latents (1, n_latent, w_dim) of one edit, batched and alone."""
     moved = float((single - source).norm())
@@ -100,7 +108,9 @@ def test_batched_equals_unbatched_float64(generator64: Generator, clip64: Frozen
     # Edit 1 has two weighted targets, so the per-edit target tables differ in length.
     targets = [_unit(3), torch.stack([_unit(4), _unit(8)]), _unit(9)]
     weights = [[1.0], [1.0, 0.5], [1.0]]
-    batched = optimize_latents(generator64, clip64, targets, sources, CONFIG, weights=weights)
+    batched = _finished(
+        optimize_latents(generator64, clip64, targets, sources, CONFIG, weights=weights)
+    )
     assert len(batched) == 3
     for b in range(3):
         single = optimize_latent(
@@ -115,7 +125,9 @@ def test_batched_matches_unbatched_float32(generator: Generator, clip: FrozenCli
     sources = _sources(generator, (5, 6, 7))
     targets = [_unit(3), torch.stack([_unit(4), _unit(8)]), _unit(9)]
     weights = [[1.0], [1.0, 0.5], [1.0]]
-    batched = optimize_latents(generator, clip, targets, sources, CONFIG, weights=weights)
+    batched = _finished(
+        optimize_latents(generator, clip, targets, sources, CONFIG, weights=weights)
+    )
     for b in range(3):
         single = optimize_latent(
             generator, clip, targets[b], sources[b : b + 1], CONFIG, weights=weights[b]
@@ -134,7 +146,9 @@ def test_batched_with_identity_equals_unbatched(
     config = dataclasses.replace(CONFIG, steps=3, lambda_id=0.5)
     sources = _sources(generator, (5, 6))
     targets = torch.stack([_unit(3), _unit(4)])  # (B, D): one target per edit
-    batched = optimize_latents(generator, clip, targets, sources, config, identity=identity)
+    batched = _finished(
+        optimize_latents(generator, clip, targets, sources, config, identity=identity)
+    )
     for b in range(2):
         single = optimize_latent(
             generator, clip, targets[b], sources[b : b + 1], config, identity=identity
@@ -147,7 +161,7 @@ def test_loss_is_a_sum_of_per_edit_losses(generator64: Generator, clip64: Frozen
     """Two copies of one edit each follow the single-edit trajectory; a CLIP term averaged
     over the batch next to an L2 term summed over it would weaken each edit's CLIP pull."""
     sources = _sources(generator64, (5, 5))
-    both = optimize_latents(generator64, clip64, [_unit(3), _unit(3)], sources, CONFIG)
+    both = _finished(optimize_latents(generator64, clip64, [_unit(3), _unit(3)], sources, CONFIG))
     single = optimize_latent(generator64, clip64, _unit(3), sources[:1], CONFIG)
     for result in both:
         _assert_same_edit(result.w, single.w, sources[:1])
@@ -165,16 +179,61 @@ def test_on_step_reports_every_edit(generator: Generator, clip: FrozenClip) -> N
     assert [(i.step, i.edit_index) for i in infos] == [(s, b) for s in range(STEPS) for b in (0, 1)]
     assert all(i.image.shape == (1, 3, RES, RES) for i in infos)
     assert [i.step for i in infos if i.preview and i.edit_index == 0] == [0, 2, 4, 5]
-    with pytest.raises(EditCanceled):
-        optimize_latents(
-            generator,
-            clip,
-            [_unit(3), _unit(4)],
-            sources,
-            CONFIG,
-            should_cancel=lambda: len(infos) > 2 * STEPS + 1,
-            on_step=infos.append,
-        )
+
+
+def test_a_canceled_edit_leaves_the_batch(generator64: Generator, clip64: FrozenClip) -> None:
+    """Edit 1 stops before step 2; edits 0 and 2 go on exactly as they would alone."""
+    sources = _sources(generator64, (5, 6, 7))
+    targets = [_unit(3), _unit(4), _unit(9)]
+    infos: list[StepInfo] = []
+
+    def stop_edit_1(b: int) -> bool:
+        return b == 1 and sum(i.edit_index == 1 for i in infos) == 2
+
+    outcomes = optimize_latents(
+        generator64, clip64, targets, sources, CONFIG, on_step=infos.append,
+        should_cancel=stop_edit_1, phase="audio",
+    )  # fmt: skip
+    canceled = outcomes[1]
+    assert isinstance(canceled, EditCanceled)
+    assert (canceled.step, canceled.phase) == (2, "audio")
+    assert [i.step for i in infos if i.edit_index == 1] == [0, 1]
+    assert [i.step for i in infos if i.edit_index == 2] == list(range(STEPS))
+    for b in (0, 2):
+        result = outcomes[b]
+        assert isinstance(result, OptimizeResult)
+        single = optimize_latent(generator64, clip64, targets[b], sources[b : b + 1], CONFIG)
+        _assert_same_edit(result.w, single.w, sources[b : b + 1])
+        assert result.losses == pytest.approx(
+            single.losses, rel=1e-6
+        )  # losses are reported in float32
+    everyone = optimize_latents(
+        generator64, clip64, targets, sources, CONFIG, should_cancel=lambda b: True
+    )
+    assert all(isinstance(o, EditCanceled) and o.step == 0 for o in everyone)
+
+
+def test_a_mix_edit_canceled_in_its_sound_run_skips_its_text_run(
+    generator64: Generator, clip64: FrozenClip
+) -> None:
+    config = dataclasses.replace(CONFIG, steps=3, text_mode="mix")
+    sources = _sources(generator64, (5, 6))
+    audio, text = torch.stack([_unit(3), _unit(4)]), torch.stack([_unit(8), _unit(9)])
+    infos: list[StepInfo] = []
+    outcomes = edit_batch(
+        generator64, clip64, audio, sources, config, text_embs=text, on_step=infos.append,
+        should_cancel=lambda b: b == 0 and len(infos) >= 2,
+    )  # fmt: skip
+    assert isinstance(outcomes[0], EditCanceled) and outcomes[0].phase == "audio"
+    assert {i.phase for i in infos if i.edit_index == 0} == {"audio"}
+    assert [(i.phase, i.step) for i in infos if i.edit_index == 1] == [
+        ("audio", 0), ("audio", 1), ("audio", 2), ("text", 0), ("text", 1), ("text", 2)
+    ]  # fmt: skip
+    survivor = outcomes[1]
+    assert isinstance(survivor, EditResult)
+    single = edit(generator64, clip64, audio[1], sources[1:], config, text_emb=text[1])
+    _assert_same_edit(survivor.w, single.w, sources[1:])
+    assert survivor.report["runs"] == 2
 
 
 @pytest.mark.parametrize("text_mode", ["mix", "sum"])
@@ -185,10 +244,12 @@ def test_edit_batch_equals_edit(generator64: Generator, clip64: FrozenClip, text
     text = torch.stack([_unit(8), _unit(9)])
     results = edit_batch(generator64, clip64, audio, sources, config, text_embs=text)
     for b in range(2):
+        result = results[b]
+        assert isinstance(result, EditResult)
         single = edit(generator64, clip64, audio[b], sources[b : b + 1], config, text_emb=text[b])
-        _assert_same_edit(results[b].w, single.w, sources[b : b + 1])
-        assert float((results[b].image - single.image).abs().max()) <= IMAGE64_TOL
-        report, expected = results[b].report, single.report
+        _assert_same_edit(result.w, single.w, sources[b : b + 1])
+        assert float((result.image - single.image).abs().max()) <= IMAGE64_TOL
+        report, expected = result.report, single.report
         assert report.keys() == expected.keys()
         for key in ("clip_audio_after", "clip_text_after", "latent_l2"):
             assert report[key] == pytest.approx(expected[key], abs=1e-4)

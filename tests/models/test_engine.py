@@ -12,11 +12,14 @@ import torch
 import models
 from cli.main import main
 from models.audio_encoder import random_audio_encoder
-from models.engine import EditEngine
+from models.engine import EditEngine, EditOptions, EditOutput, EditRequest
+from models.optimize import EditCanceled
 from models.profiles import PROFILES
 from tests.conftest import AUDIO
 
 STEPS = 6
+BATCH_W_REL_TOL = 0.03  # ||w_batched - w_alone|| / ||w_alone - w_source|| (see test_batched)
+BATCH_PIXEL_TOL = 3  # uint8 levels: test_batched's 2e-2 of the [-1, 1] range, rounded up
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +74,44 @@ def test_upstream_clip_mode_is_a_different_loss(engine: EditEngine) -> None:
     assert not np.array_equal(paper.latent, upstream.latent)
     with pytest.raises(ValueError, match="clip_mode"):
         run(engine, clip_mode="other")
+
+
+def test_a_batch_gives_each_edit_its_own_result(engine: EditEngine) -> None:
+    """Five edits in one call: two without text batched together, one with text, one with an
+    undecodable clip and one canceled; each outcome is what the edit gives alone."""
+    clip = {name: (AUDIO / f"{name}.wav").read_bytes() for name in ("explosion", "fire", "raining")}
+    steps_of_4: list[int] = []
+    requests = [
+        EditRequest(clip["explosion"], seed=3, truncation=0.7),
+        EditRequest(clip["fire"], seed=4, truncation=0.7, text="a burning house"),
+        EditRequest(b"not a sound", seed=5),
+        EditRequest(clip["raining"], seed=6, truncation=0.7),
+        EditRequest(
+            clip["fire"], seed=7, truncation=0.7,
+            on_step=lambda _phase, step, _steps, _preview: steps_of_4.append(step),
+            should_cancel=lambda: len(steps_of_4) >= 2,
+        ),
+    ]  # fmt: skip
+    options = EditOptions(steps=STEPS, lr=0.05, lambda_l2=0.008, lambda_id=0.0)
+    outcomes = engine.edit_batch(requests, options)
+    assert len(outcomes) == 5
+    assert isinstance(outcomes[2], ValueError)
+    assert isinstance(outcomes[4], EditCanceled) and steps_of_4 == [1, 2]
+    for i, batch_size in ((0, 3), (1, 1), (3, 3)):
+        batched = outcomes[i]
+        assert isinstance(batched, EditOutput)
+        assert batched.report["batch_size"] == batch_size
+        request = requests[i]
+        alone = engine.edit(
+            request.audio, seed=request.seed, text=request.text, steps=STEPS, lr=0.05,
+            lambda_l2=0.008, lambda_id=0.0, truncation=0.7,
+        )  # fmt: skip
+        moved = np.linalg.norm(
+            alone.latent - engine.start_latent(request.seed, None, 0.7)[0].numpy()
+        )
+        assert np.linalg.norm(batched.latent - alone.latent) <= BATCH_W_REL_TOL * moved
+        pixels = np.abs(batched.result.astype(int) - alone.result.astype(int)).max()
+        assert pixels <= BATCH_PIXEL_TOL
 
 
 def test_public_helpers_are_exported() -> None:
