@@ -10,16 +10,15 @@ from __future__ import annotations
 import io
 import math
 import os
-import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,9 +28,9 @@ import soundfile as sf
 from redis import Redis
 
 from benchmarks.measure import percentile
+from cli.processes import HOST, free_port, start_cli, start_redis, stop, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-HOST = "127.0.0.1"
 START_TIMEOUT_S = 180.0  # a worker imports torch and builds its models first
 POLL_INTERVAL_S = 0.02
 EDIT_TIMEOUT_S = 240.0
@@ -42,39 +41,6 @@ WORKER_KEYS = "soundedit:worker:*"
 LOAD_QUEUE_ROOM = 10_000  # the idle queue must not push back during the load test
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(
-    predicate: Callable[[], T], timeout: float, what: str, process: subprocess.Popen[bytes]
-) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        try:
-            result = predicate()
-            if result:
-                return result
-        except Exception:  # not up yet
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def rss_mib_of(pid: int) -> float | None:
@@ -110,22 +76,12 @@ class Service:
 @contextmanager
 def running_service(max_queue: int = LOAD_QUEUE_ROOM) -> Iterator[Service]:
     """redis-server, the API and one smoke-profile worker on free ports; all stopped after."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is required (make system-deps installs it)")
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="soundedit-bench-") as tmp:
         root = Path(tmp)
         try:
-            port = free_port()
-            redis_proc = subprocess.Popen(
-                [binary, "--port", str(port), "--bind", HOST, "--dir", str(root),
-                 "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction"],
-                stdout=subprocess.DEVNULL,
-            )  # fmt: skip
+            redis_proc, redis_url = start_redis(root / "redis")
             processes.append(redis_proc)
-            redis_url = f"redis://{HOST}:{port}/0"
-            wait_for(lambda: Redis.from_url(redis_url).ping(), 10, "redis-server", redis_proc)
             env = {
                 **os.environ,
                 "SOUNDEDIT_REDIS_URL": redis_url,
@@ -137,26 +93,32 @@ def running_service(max_queue: int = LOAD_QUEUE_ROOM) -> Iterator[Service]:
                 "PYTHONUNBUFFERED": "1",
             }
             api_port = free_port()
-            api = subprocess.Popen(
-                [sys.executable, "-m", "cli", "api", "--host", HOST, "--port", str(api_port)],
-                env=env, cwd=ROOT, stdout=(root / "api.log").open("wb"), stderr=subprocess.STDOUT,
+            api = start_cli(
+                ["api", "--host", HOST, "--port", str(api_port)],
+                env, (root / "api.log").open("wb"), cwd=ROOT,
             )  # fmt: skip
             processes.append(api)
             started = time.monotonic()
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "cli", "worker"],
-                env=env, cwd=ROOT, stdout=(root / "worker.log").open("wb"),
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            worker = start_worker(env, root)
             processes.append(worker)
             api_url = f"http://{HOST}:{api_port}"
             wait_for(lambda: httpx.get(api_url + "/healthz").status_code == 200, 60, "API", api)
-            redis = Redis.from_url(redis_url)
-            wait_for(lambda: redis.keys(WORKER_KEYS), START_TIMEOUT_S, "the worker", worker)
+            wait_for(lambda: worker_ready(redis_url, worker), START_TIMEOUT_S, "worker", worker)
             yield Service(redis_url, api_url, api, worker, time.monotonic() - started, env, root)
         finally:
             for process in reversed(processes):
                 stop(process)
+
+
+def start_worker(env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+    log = (logs / f"worker-{time.monotonic_ns()}.log").open("wb")
+    return start_cli(["worker"], env, log, cwd=ROOT)
+
+
+def worker_ready(redis_url: str, worker: subprocess.Popen[bytes]) -> bool:
+    """Whether ``worker`` has loaded its models and announced itself."""
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    return any(redis.hget(key, "pid") == str(worker.pid) for key in redis.scan_iter(WORKER_KEYS))
 
 
 def submit(client: httpx.Client, audio: bytes, **form: str) -> str:
@@ -246,6 +208,63 @@ def _load(
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000
+
+
+def batched_throughput(
+    service: Service, batch_limits: Sequence[int], edits: int, steps: int
+) -> list[dict[str, Any]]:
+    """Edits per minute through the service when a fresh worker finds ``edits`` compatible
+    edits queued, for each SOUNDEDIT_MAX_BATCH: the worker's batching, end to end.
+
+    The time is that of the edits themselves (first start to last finish, as the API reports
+    them), so the worker's start-up is not counted.
+    """
+    if service.worker is not None:
+        stop(service.worker)
+        service.worker = None
+    audio = noise_clip()
+    rows: list[dict[str, Any]] = []
+    with httpx.Client(base_url=service.api_url, timeout=30) as client:
+        for limit in batch_limits:
+            ids = [submit(client, audio, seed=str(100 + i), steps=str(steps)) for i in range(edits)]
+            worker = start_worker({**service.env, "SOUNDEDIT_MAX_BATCH": str(limit)}, service.logs)
+            try:
+                states = _wait_final(client, ids, worker)
+            finally:
+                stop(worker)
+            failed = [state for state in states if state["status"] != "succeeded"]
+            if failed:
+                raise RuntimeError(f"a batched edit ended {failed[0]['status']}: {failed[0]}")
+            started = min(datetime.fromisoformat(state["started_at"]) for state in states)
+            finished = max(datetime.fromisoformat(state["finished_at"]) for state in states)
+            wall = (finished - started).total_seconds()
+            rows.append(
+                {
+                    "max_batch": limit,
+                    "edits": edits,
+                    "steps": steps,
+                    "wall_s": wall,
+                    "edits_per_min": 60 * edits / wall,
+                    "batch_sizes": sorted({state["metrics"]["batch_size"] for state in states}),
+                }
+            )
+    for row in rows:
+        row["gain"] = row["edits_per_min"] / rows[0]["edits_per_min"]
+    return rows
+
+
+def _wait_final(
+    client: httpx.Client, ids: Sequence[str], worker: subprocess.Popen[bytes]
+) -> list[dict[str, Any]]:
+    """The states of edits ``ids`` once all have ended."""
+    states = wait_for(partial(_all_final, client, ids), EDIT_TIMEOUT_S, "the edits", worker)
+    assert states is not None  # wait_for returns only a truthy value
+    return states
+
+
+def _all_final(client: httpx.Client, ids: Sequence[str]) -> list[dict[str, Any]] | None:
+    states = [client.get(f"/edits/{edit_id}").json() for edit_id in ids]
+    return states if all(state["status"] in FINAL for state in states) else None
 
 
 def api_load(service: Service, submits: int, polls: int, concurrency: int) -> dict[str, Any]:

@@ -53,6 +53,9 @@ EDIT_STEPS = 300  # a full edit, for edits per minute
 BATCH_SIZES = (1, 2, 4, 8)
 SERVICE_EDIT_STEPS = 12
 SERVICE_EDITS = 3
+SERVICE_BATCH_LIMITS = (1, 4)  # SOUNDEDIT_MAX_BATCH of the worker draining a queue
+SERVICE_BATCH_EDITS = 8
+SERVICE_BATCH_S = 90.0  # what the batched-service measurement needs of the budget
 LOAD_SUBMITS = 60
 LOAD_POLLS = 300
 LOAD_CONCURRENCY = 4
@@ -496,6 +499,15 @@ def service_section(report: Report, budget: Budget) -> None:
         report.service["worker_ready_s"] = svc.worker_ready_s
         report.service["api_rss_mib_idle"] = service_bench.rss_mib_of(svc.api.pid)
         report.service["edit"] = service_bench.edit_latency(svc, SERVICE_EDIT_STEPS, SERVICE_EDITS)
+        if budget.fits(SERVICE_BATCH_S):
+            log(
+                f"[{budget.elapsed():5.0f}s] service: a worker draining {SERVICE_BATCH_EDITS} edits"
+            )
+            report.service["batched"] = service_bench.batched_throughput(
+                svc, SERVICE_BATCH_LIMITS, SERVICE_BATCH_EDITS, SERVICE_EDIT_STEPS
+            )
+        else:
+            report.notes.append("batched service throughput skipped for time")
         log(f"[{budget.elapsed():5.0f}s] service: bounded API load")
         report.service["load"] = service_bench.api_load(
             svc, LOAD_SUBMITS, LOAD_POLLS, LOAD_CONCURRENCY
@@ -693,6 +705,13 @@ def table(report: Report) -> list[str]:
                     f"{_f(k['throughput_rps'], '.0f')} req/s ({k['ok']}/{k['requests']} ok, "
                     f"{k['concurrency']} clients)"
                 )
+        for row in s.get("batched", []):
+            lines.append(
+                f"  worker with max_batch {row['max_batch']}: {row['edits']} queued "
+                f"{row['steps']}-step edits in {_f(row['wall_s'], '.1f')} s = "
+                f"{_f(row['edits_per_min'], '.1f')} edits/min ({_f(row['gain'])}x; "
+                f"batches of {row['batch_sizes']})"
+            )
         lines.append(
             f"  API RSS: idle {_f(s.get('api_rss_mib_idle'), '.0f')} MiB, after load "
             f"{_f(load.get('api_rss_mib_after'), '.0f')} MiB"

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from redis import Redis
-from redis.exceptions import RedisError
-
 from app.settings import get_settings
+from cli.processes import HOST, redis_answers, start_cli, start_redis, stop
 
 logger = logging.getLogger(__name__)
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-REDIS_START_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 30.0  # a worker finishing its current step before exiting
 
 
 def register(commands: Any) -> None:
@@ -68,61 +62,36 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _redis_answers(url: str) -> bool:
-    try:
-        return bool(Redis.from_url(url, socket_connect_timeout=1).ping())
-    except RedisError:
-        return False
-
-
 def _start_redis(url: str, data_dir: Path) -> subprocess.Popen[bytes]:
+    """A local redis-server where ``url`` points; exits with a clear message if it cannot."""
     parsed = urlparse(url)
     if parsed.hostname not in LOCAL_HOSTS:
         raise SystemExit(f"Redis at {url} does not answer, and it is not on this machine")
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit(
-            "no Redis answers and redis-server is not installed: "
-            "apt-get install redis-server (or point SOUNDEDIT_REDIS_URL at a running Redis)"
-        )
-    data_dir.mkdir(parents=True, exist_ok=True)
-    command = [
-        binary,
-        "--bind", parsed.hostname or "127.0.0.1",
-        "--port", str(parsed.port or 6379),
-        "--dir", str(data_dir.resolve()),
-        "--appendonly", "yes",
-        "--save", "",
-        "--maxmemory-policy", "noeviction",
-    ]  # fmt: skip
-    logger.info("starting %s", " ".join(command))
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + REDIS_START_TIMEOUT_S
-    while not _redis_answers(url):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"redis-server did not start (exit code {process.poll()})")
-        time.sleep(0.1)
+    logger.info("starting redis-server for %s (data in %s)", url, data_dir)
+    try:
+        process, _ = start_redis(data_dir, parsed.hostname or HOST, parsed.port or 6379)
+    except (RuntimeError, TimeoutError) as exc:
+        raise SystemExit(f"no Redis answers at {url}, and starting one failed: {exc}") from exc
     return process
 
 
 def run_serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     children: list[subprocess.Popen[bytes]] = []
-    if not _redis_answers(settings.redis_url):
+    if not redis_answers(settings.redis_url):
         children.append(_start_redis(settings.redis_url, settings.storage_root.parent / "redis"))
-    me = [sys.executable, "-m", "cli"]
-    children.append(subprocess.Popen([*me, "worker"]))
-    children.append(subprocess.Popen([*me, "api", "--host", args.host, "--port", str(args.port)]))
+    children.append(start_cli(["worker"]))
+    children.append(start_cli(["api", "--host", args.host, "--port", str(args.port)]))
     logger.info("API on http://%s:%d (docs at /docs); Ctrl-C stops", args.host, args.port)
 
     stopping = False
 
-    def stop(signum: int, _frame: Any) -> None:
+    def on_signal(signum: int, _frame: Any) -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
         while not stopping:
             if any(child.poll() is not None for child in children):
@@ -131,10 +100,5 @@ def run_serve(args: argparse.Namespace) -> int:
             time.sleep(0.5)
     finally:
         for child in reversed(children):  # API first, Redis last
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                child.kill()
+            stop(child)
     return 0 if stopping else 1

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 from redis import Redis
+
+from cli import processes
+from cli.processes import free_port, start_cli, stop, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
@@ -43,73 +43,25 @@ def images_dir() -> Path:
 START_TIMEOUT_S = 120.0  # a worker imports torch and builds its models before it is ready
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(predicate, timeout: float, what: str, process: subprocess.Popen | None = None):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with {process.returncode}")
-        try:
-            result = predicate()
-            if result:
-                return result
-        except Exception:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """A real redis-server as the service runs it: AOF on, every write synced, noeviction."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is required (make system-deps installs it)"
-    port = port or free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-         "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-         "--maxmemory-policy", "noeviction"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    wait_until(lambda: Redis.from_url(url).ping(), 10, "redis-server", process)
-    return process, url
+    """A real redis-server as production runs it: AOF on, every write synced, noeviction."""
+    return processes.start_redis(data_dir, port=port, fsync_always=True)
 
 
 def start_api(env: dict[str, str], log_dir: Path) -> tuple[subprocess.Popen, str]:
     """The HTTP API as its own uvicorn process on a free port."""
     port = free_port()
     log = (log_dir / f"api-{port}.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli", "api", "--port", str(port)],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    process = start_cli(["api", "--port", str(port)], env, log, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: httpx.get(url + "/healthz").status_code == 200, 60, "the API", process)
+    wait_for(lambda: httpx.get(url + "/healthz").status_code == 200, 60, "the API", process)
     return process, url
 
 
 def start_worker(env: dict[str, str], log_dir: Path) -> subprocess.Popen:
     """An edit worker process, returned once it has loaded its models and announced itself."""
     log = (log_dir / f"worker-{time.monotonic_ns()}.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli", "worker"],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    process = start_cli(["worker"], env, log, cwd=ROOT)
     redis = Redis.from_url(env["SOUNDEDIT_REDIS_URL"], decode_responses=True)
 
     def announced() -> bool:
@@ -118,7 +70,7 @@ def start_worker(env: dict[str, str], log_dir: Path) -> subprocess.Popen:
             for key in redis.scan_iter("soundedit:worker:*")
         )
 
-    wait_until(announced, START_TIMEOUT_S, "the worker", process)
+    wait_for(announced, START_TIMEOUT_S, "the worker", process)
     return process
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from redis import Redis
 
 from models.engine import EditEngine
 from models.profiles import PROFILES
-from tests.conftest import AUDIO, start_api, start_worker, stop, wait_until
+from tests.conftest import AUDIO, start_api, start_worker, stop, wait_for
 from tests.models.test_engine import BATCH_PIXEL_TOL, BATCH_W_REL_TOL
 from tests.worker.test_worker_e2e import png, poll, submit
 
@@ -54,7 +55,12 @@ def test_compatible_queued_edits_run_as_one_batch(
     batched = [submit(batch_api, clip, seed=str(seed), steps="8") for clip, seed, _ in inputs]
     other_steps = submit(batch_api, "fire.wav", seed="4", steps="6")
     with_text = submit(batch_api, "fire.wav", seed="5", steps="8", text="a burning house")
-    late_worker.append(start_worker(batch_env, logs))
+    worker = start_worker(batch_env, logs)
+    late_worker.append(worker)
+    redis = Redis.from_url(batch_env["SOUNDEDIT_REDIS_URL"], decode_responses=True)
+    announced = [redis.hgetall(key) for key in redis.scan_iter("soundedit:worker:*")]
+    (status,) = [s for s in announced if s.get("pid") == str(worker.pid)]
+    assert status["max_batch"] == str(MAX_BATCH)
 
     states = {
         edit_id: poll(batch_api, edit_id)[0] for edit_id in [*batched, other_steps, with_text]
@@ -96,7 +102,7 @@ def test_canceling_one_edit_of_a_batch_leaves_the_others_running(
         states = [client.get(f"/edits/{edit_id}").json() for edit_id in edits]
         return all(s["progress"]["phase"] == "editing" for s in states)
 
-    wait_until(all_editing, 120, "the batch to start editing")
+    wait_for(all_editing, 120, "the batch to start editing")
     assert client.delete(f"/edits/{edits[1]}").status_code == 202
     canceled, _ = poll(batch_api, edits[1])
     assert canceled["status"] == "canceled"

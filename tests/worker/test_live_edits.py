@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.app.test_idempotency_and_cancel import read_events
-from tests.conftest import WEBHOOK_SECRET, wait_until
+from tests.conftest import WEBHOOK_SECRET, wait_for
 from tests.worker.test_worker_e2e import poll, submit
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ def test_events_stream_progress_previews_and_the_end(
 
 def test_cancel_a_running_edit(api_url: str, worker_process: subprocess.Popen) -> None:
     edit_id = submit(api_url, seed="22", steps="1000")
-    wait_until(
+    wait_for(
         lambda: httpx.get(f"{api_url}/edits/{edit_id}").json()["progress"]["step"] > 0,
         120,
         "the edit to run",
@@ -114,7 +114,7 @@ def test_webhooks_are_signed_and_retried(
         api_url, seed="24", steps="3", webhook_url=receiver.url, webhook_events="running,succeeded"
     )
     assert poll(api_url, edit_id)[0]["status"] == "succeeded"
-    wait_until(lambda: len(receiver.received) >= 2, 30, "two webhook deliveries")
+    wait_for(lambda: len(receiver.received) >= 2, 30, "two webhook deliveries")
     time.sleep(1)  # nothing more should come
     events = sorted(r["event"] for r in receiver.received)
     assert events == ["running", "succeeded"]  # each once, the first after a failed attempt

@@ -14,7 +14,7 @@ import pytest
 from redis import Redis
 
 from tests.app.test_edits_api import FIRE
-from tests.conftest import free_port, start_api, start_redis, start_worker, stop, wait_until
+from tests.conftest import free_port, start_api, start_redis, start_worker, stop, wait_for
 from tests.worker.test_worker_e2e import poll, submit
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def worker_pid_of(redis_url: str, edit_id: str) -> int:
 
 
 def wait_running(api_url: str, edit_id: str) -> None:
-    wait_until(
+    wait_for(
         lambda: httpx.get(f"{api_url}/edits/{edit_id}").json()["progress"]["step"] > 0,
         120,
         "the edit to run",

@@ -95,6 +95,7 @@ def test_models_load_once_across_jobs(
     status = worker_status(redis_url)
     assert int(status["jobs_done"]) >= done_before + 2
     assert status["model_loads"] == "1"
+    assert status["max_batch"] == "1"  # the default on a CPU
 
 
 @pytest.mark.slow
