@@ -16,8 +16,9 @@ def register(commands: Any) -> None:
         "edit",
         help="edit one image by sound, locally (the worker runs the same code)",
         description="Optimise a StyleGAN2 latent so the image matches AUDIO (paper Eq. 2) and "
-        "write result.png, source.png, latent.npy and report.json to --out. Defaults for the "
-        "optimiser come from the model profile.",
+        "write result.png, source.png, latent.npy and report.json to --out (with --image, also "
+        "aligned.png and reconstruction.png). Defaults for the optimiser come from the model "
+        "profile.",
     )
     parser.add_argument("audio", type=Path, help="the guiding sound (WAV, FLAC, OGG or MP3)")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -65,6 +66,14 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: SOUNDEDIT_DEVICE)")
     parser.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"),
+        help="autocast of the optimiser's forward passes, for GPUs (default: SOUNDEDIT_PRECISION)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compile-mode", choices=("none", "default", "reduce-overhead", "max-autotune"),
+        help="torch.compile the generator (default: SOUNDEDIT_COMPILE_MODE)",
+    )  # fmt: skip
+    parser.add_argument(
         "--out", type=Path, default=Path("edit-out"), help="output folder (default edit-out)"
     )
     parser.set_defaults(func=run_edit)
@@ -82,11 +91,14 @@ def run_edit(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     profile = resolve_profile(args.profile or settings.profile, settings.model_cache)
+    compile_mode = args.compile_mode or settings.compile_mode
     engine = EditEngine.load(
         profile,
         cache_dir=settings.model_cache,
         device=args.device or settings.device,
         audio_encoder=settings.audio_encoder,
+        precision=args.precision or settings.precision,
+        compile_mode=None if compile_mode == "none" else compile_mode,
     )
     print(f"profile {profile.name}: {engine.describe()}")
     defaults = profile.defaults

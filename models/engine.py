@@ -392,6 +392,7 @@ class EditEngine:
             **result.report,
             "profile": self.profile.name,
             "clip_mode": options.clip_mode,
+            "precision": self.precision,
             "batch_size": batch_size,
         }
         if options.lambda_id > 0 and self.identity is None:

@@ -134,6 +134,12 @@ def test_cli_edit_writes_outputs(tmp_path: Path) -> None:
     assert np.load(tmp_path / "latent.npy").shape == (10, 512)
 
 
+def test_cli_edit_takes_the_precision(tmp_path: Path) -> None:
+    argv = ["edit", str(AUDIO / "wind.wav"), "--seed", "1", "--steps", "2", "--profile", "smoke"]
+    assert main([*argv, "--device", "cpu", "--precision", "bf16", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["precision"] == "bf16"
+
+
 def test_a_trained_audio_encoder_replaces_the_profiles(tmp_path: Path) -> None:
     trained = random_audio_encoder(
         seed=7
