@@ -17,10 +17,9 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from models.clip import FrozenClip, random_clip
-from models.identity import IdentityLoss, random_identity
+from models.clip import FrozenClip
+from models.identity import IdentityLoss
 from models.optimize import (
     EditCanceled,
     EditConfig,
@@ -35,8 +34,9 @@ from models.optimize import (
     start_from_seed,
 )
 from models.stylegan2 import Generator, random_generator
+from tests.models.conftest import SMALL_RES, unit_vector
 
-RES = 64
+RES = SMALL_RES
 STEPS = 6
 CONFIG = EditConfig(steps=STEPS, lr=0.1, lambda_l2=0.008, lambda_id=0.0, preview_every=2)
 W64_TOL = 1e-3  # float64: max |w_batched - w_single| (lr = 0.1: no element stepped otherwise)
@@ -49,16 +49,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def generator() -> Generator:
-    return random_generator(RES, 64, seed=1)
-
-
-@pytest.fixture(scope="module")
-def clip() -> FrozenClip:
-    return random_clip(seed=0)
-
-
-@pytest.fixture(scope="module")
 def generator64(generator: Generator) -> Generator:
     return copy.deepcopy(generator).double()
 
@@ -66,15 +56,6 @@ def generator64(generator: Generator) -> Generator:
 @pytest.fixture(scope="module")
 def clip64(clip: FrozenClip) -> FrozenClip:
     return copy.deepcopy(clip).double()
-
-
-@pytest.fixture(scope="module")
-def identity() -> IdentityLoss:
-    return random_identity(seed=0)
-
-
-def _unit(seed: int, dim: int = 512) -> torch.Tensor:
-    return F.normalize(torch.randn(dim, generator=torch.Generator().manual_seed(seed)), dim=0)
 
 
 def _sources(generator: Generator, seeds: tuple[int, ...]) -> torch.Tensor:
@@ -106,7 +87,7 @@ def _assert_same_edit(batched: torch.Tensor, single: torch.Tensor, source: torch
 def test_batched_equals_unbatched_float64(generator64: Generator, clip64: FrozenClip) -> None:
     sources = _sources(generator64, (5, 6, 7))
     # Edit 1 has two weighted targets, so the per-edit target tables differ in length.
-    targets = [_unit(3), torch.stack([_unit(4), _unit(8)]), _unit(9)]
+    targets = [unit_vector(3), torch.stack([unit_vector(4), unit_vector(8)]), unit_vector(9)]
     weights = [[1.0], [1.0, 0.5], [1.0]]
     batched = _finished(
         optimize_latents(generator64, clip64, targets, sources, CONFIG, weights=weights)
@@ -123,7 +104,7 @@ def test_batched_equals_unbatched_float64(generator64: Generator, clip64: Frozen
 
 def test_batched_matches_unbatched_float32(generator: Generator, clip: FrozenClip) -> None:
     sources = _sources(generator, (5, 6, 7))
-    targets = [_unit(3), torch.stack([_unit(4), _unit(8)]), _unit(9)]
+    targets = [unit_vector(3), torch.stack([unit_vector(4), unit_vector(8)]), unit_vector(9)]
     weights = [[1.0], [1.0, 0.5], [1.0]]
     batched = _finished(
         optimize_latents(generator, clip, targets, sources, CONFIG, weights=weights)
@@ -145,7 +126,7 @@ def test_batched_with_identity_equals_unbatched(
 ) -> None:
     config = dataclasses.replace(CONFIG, steps=3, lambda_id=0.5)
     sources = _sources(generator, (5, 6))
-    targets = torch.stack([_unit(3), _unit(4)])  # (B, D): one target per edit
+    targets = torch.stack([unit_vector(3), unit_vector(4)])  # (B, D): one target per edit
     batched = _finished(
         optimize_latents(generator, clip, targets, sources, config, identity=identity)
     )
@@ -161,11 +142,15 @@ def test_loss_is_a_sum_of_per_edit_losses(generator64: Generator, clip64: Frozen
     """Two copies of one edit each follow the single-edit trajectory; a CLIP term averaged
     over the batch next to an L2 term summed over it would weaken each edit's CLIP pull."""
     sources = _sources(generator64, (5, 5))
-    both = _finished(optimize_latents(generator64, clip64, [_unit(3), _unit(3)], sources, CONFIG))
-    single = optimize_latent(generator64, clip64, _unit(3), sources[:1], CONFIG)
+    both = _finished(
+        optimize_latents(generator64, clip64, [unit_vector(3), unit_vector(3)], sources, CONFIG)
+    )
+    single = optimize_latent(generator64, clip64, unit_vector(3), sources[:1], CONFIG)
     for result in both:
         _assert_same_edit(result.w, single.w, sources[:1])
-    optimizer = LatentOptimizer(generator64, clip64, [_unit(3), _unit(3)], sources, CONFIG)
+    optimizer = LatentOptimizer(
+        generator64, clip64, [unit_vector(3), unit_vector(3)], sources, CONFIG
+    )
     values = optimizer.step()
     assert values.loss[0] == pytest.approx(values.loss[1], rel=1e-6)
     assert values.loss[0] == pytest.approx(values.clip[0] + CONFIG.lambda_l2 * values.l2[0])
@@ -175,7 +160,9 @@ def test_loss_is_a_sum_of_per_edit_losses(generator64: Generator, clip64: Frozen
 def test_on_step_reports_every_edit(generator: Generator, clip: FrozenClip) -> None:
     sources = _sources(generator, (5, 6))
     infos: list[StepInfo] = []
-    optimize_latents(generator, clip, [_unit(3), _unit(4)], sources, CONFIG, on_step=infos.append)
+    optimize_latents(
+        generator, clip, [unit_vector(3), unit_vector(4)], sources, CONFIG, on_step=infos.append
+    )
     assert [(i.step, i.edit_index) for i in infos] == [(s, b) for s in range(STEPS) for b in (0, 1)]
     assert all(i.image.shape == (1, 3, RES, RES) for i in infos)
     assert [i.step for i in infos if i.preview and i.edit_index == 0] == [0, 2, 4, 5]
@@ -184,7 +171,7 @@ def test_on_step_reports_every_edit(generator: Generator, clip: FrozenClip) -> N
 def test_a_canceled_edit_leaves_the_batch(generator64: Generator, clip64: FrozenClip) -> None:
     """Edit 1 stops before step 2; edits 0 and 2 go on exactly as they would alone."""
     sources = _sources(generator64, (5, 6, 7))
-    targets = [_unit(3), _unit(4), _unit(9)]
+    targets = [unit_vector(3), unit_vector(4), unit_vector(9)]
     infos: list[StepInfo] = []
 
     def stop_edit_1(b: int) -> bool:
@@ -218,7 +205,10 @@ def test_a_mix_edit_canceled_in_its_sound_run_skips_its_text_run(
 ) -> None:
     config = dataclasses.replace(CONFIG, steps=3, text_mode="mix")
     sources = _sources(generator64, (5, 6))
-    audio, text = torch.stack([_unit(3), _unit(4)]), torch.stack([_unit(8), _unit(9)])
+    audio, text = (
+        torch.stack([unit_vector(3), unit_vector(4)]),
+        torch.stack([unit_vector(8), unit_vector(9)]),
+    )
     infos: list[StepInfo] = []
     outcomes = edit_batch(
         generator64, clip64, audio, sources, config, text_embs=text, on_step=infos.append,
@@ -240,8 +230,8 @@ def test_a_mix_edit_canceled_in_its_sound_run_skips_its_text_run(
 def test_edit_batch_equals_edit(generator64: Generator, clip64: FrozenClip, text_mode: str) -> None:
     config = dataclasses.replace(CONFIG, steps=3, text_mode=text_mode)  # type: ignore[arg-type]
     sources = _sources(generator64, (5, 6))
-    audio = torch.stack([_unit(3), _unit(4)])
-    text = torch.stack([_unit(8), _unit(9)])
+    audio = torch.stack([unit_vector(3), unit_vector(4)])
+    text = torch.stack([unit_vector(8), unit_vector(9)])
     results = edit_batch(generator64, clip64, audio, sources, config, text_embs=text)
     for b in range(2):
         result = results[b]
@@ -259,10 +249,12 @@ def test_edit_batch_equals_edit(generator64: Generator, clip64: FrozenClip, text
 def test_batch_validation(generator: Generator, clip: FrozenClip) -> None:
     sources = _sources(generator, (5, 6))
     with pytest.raises(ValueError, match="targets for 2 edits"):
-        optimize_latents(generator, clip, [_unit(3)], sources, CONFIG)
+        optimize_latents(generator, clip, [unit_vector(3)], sources, CONFIG)
     with pytest.raises(ValueError, match="weight lists"):
-        optimize_latents(generator, clip, [_unit(3), _unit(4)], sources, CONFIG, weights=[[1.0]])
+        optimize_latents(
+            generator, clip, [unit_vector(3), unit_vector(4)], sources, CONFIG, weights=[[1.0]]
+        )
     with pytest.raises(ValueError, match="w_sources"):
-        optimize_latents(generator, clip, [_unit(3)], sources[0], CONFIG)
+        optimize_latents(generator, clip, [unit_vector(3)], sources[0], CONFIG)
     with pytest.raises(ValueError, match="audio_embs"):
-        edit_batch(generator, clip, _unit(3)[None], sources, CONFIG)
+        edit_batch(generator, clip, unit_vector(3)[None], sources, CONFIG)

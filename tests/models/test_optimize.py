@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.clip import FrozenClip, clip_loss, random_clip
-from models.identity import IdentityLoss, random_identity
+from models.clip import FrozenClip, clip_loss
+from models.identity import IdentityLoss
 from models.optimize import (
     EditCanceled,
     EditConfig,
@@ -23,31 +23,13 @@ from models.optimize import (
     optimize_latent,
     start_from_seed,
 )
-from models.stylegan2 import Generator, random_generator
+from models.stylegan2 import Generator
 from tests.conftest import GOLDEN
+from tests.models.conftest import SMALL_RES, unit_vector
 
-RES = 64
+RES = SMALL_RES
 STEPS = 15
 FAST = EditConfig(steps=STEPS, lr=0.1, lambda_l2=0.0, lambda_id=0.0, preview_every=5)
-
-
-@pytest.fixture(scope="module")
-def generator() -> Generator:
-    return random_generator(RES, 64, seed=1)
-
-
-@pytest.fixture(scope="module")
-def clip() -> FrozenClip:
-    return random_clip(seed=0)
-
-
-@pytest.fixture(scope="module")
-def identity() -> IdentityLoss:
-    return random_identity(seed=0)
-
-
-def _unit(seed: int, dim: int = 512) -> torch.Tensor:
-    return F.normalize(torch.randn(dim, generator=torch.Generator().manual_seed(seed)), dim=0)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +90,7 @@ def test_start_from_seed(generator: Generator) -> None:
 def test_short_edit_lowers_clip_loss_and_freezes_networks(
     generator: Generator, clip: FrozenClip, w_source: torch.Tensor
 ) -> None:
-    target = _unit(3)
+    target = unit_vector(3)
     steps: list[StepInfo] = []
     result = optimize_latent(generator, clip, target, w_source, FAST, on_step=steps.append)
     with torch.no_grad():
@@ -128,7 +110,7 @@ def test_short_edit_lowers_clip_loss_and_freezes_networks(
 def test_lambda_l2_controls_distance(
     generator: Generator, clip: FrozenClip, w_source: torch.Tensor
 ) -> None:
-    target = _unit(3)
+    target = unit_vector(3)
     tight = dataclasses.replace(FAST, lambda_l2=0.05)
     loose = dataclasses.replace(FAST, lambda_l2=1e-5)
     d_tight = (optimize_latent(generator, clip, target, w_source, tight).w - w_source).norm()
@@ -140,8 +122,8 @@ def test_repeat_is_bit_identical(
     generator: Generator, clip: FrozenClip, w_source: torch.Tensor
 ) -> None:
     config = dataclasses.replace(FAST, steps=5, lambda_l2=0.008)
-    first = optimize_latent(generator, clip, _unit(4), w_source, config)
-    second = optimize_latent(generator, clip, _unit(4), w_source, config)
+    first = optimize_latent(generator, clip, unit_vector(4), w_source, config)
+    second = optimize_latent(generator, clip, unit_vector(4), w_source, config)
     assert torch.equal(first.w, second.w) and torch.equal(first.image, second.image)
     assert first.losses == second.losses
 
@@ -154,7 +136,7 @@ def test_should_cancel_stops(
         optimize_latent(
             generator,
             clip,
-            _unit(3),
+            unit_vector(3),
             w_source,
             FAST,
             on_step=lambda s: seen.append(s.step),
@@ -170,12 +152,18 @@ def test_identity_runs_only_when_weighted(
     hook = identity.facenet.register_forward_hook(lambda *_: calls.append(1))
     try:
         config = dataclasses.replace(FAST, steps=2, lambda_id=0.0)
-        optimize_latent(generator, clip, _unit(3), w_source, config, identity=identity)
+        optimize_latent(generator, clip, unit_vector(3), w_source, config, identity=identity)
         assert calls == []
         infos: list[StepInfo] = []
         config = dataclasses.replace(config, lambda_id=0.5)
         optimize_latent(
-            generator, clip, _unit(3), w_source, config, identity=identity, on_step=infos.append
+            generator,
+            clip,
+            unit_vector(3),
+            w_source,
+            config,
+            identity=identity,
+            on_step=infos.append,
         )
         assert len(calls) == 1 + 2  # source features once, then one per step
         assert all(i.identity is not None for i in infos)
@@ -188,7 +176,7 @@ def test_text_mix_takes_layers_from_each_run(
     generator: Generator, clip: FrozenClip, w_source: torch.Tensor
 ) -> None:
     config = dataclasses.replace(FAST, steps=4, lambda_l2=0.001)
-    audio, text = _unit(3), _unit(9)
+    audio, text = unit_vector(3), unit_vector(9)
     phases: list[tuple[str, int]] = []
     result = edit(
         generator,
@@ -217,7 +205,7 @@ def test_text_sum_and_report(
     generator: Generator, clip: FrozenClip, w_source: torch.Tensor, identity: IdentityLoss
 ) -> None:
     config = dataclasses.replace(FAST, steps=3, text_mode="sum", text_weight=0.5)
-    audio, text = _unit(3), _unit(9)
+    audio, text = unit_vector(3), unit_vector(9)
     result = edit(generator, clip, audio, w_source, config, text_emb=text, identity=identity)
     both = torch.stack([audio, text])
     direct = optimize_latent(generator, clip, both, w_source, config, weights=(1.0, 0.5))
@@ -235,12 +223,12 @@ def test_text_sum_and_report(
 def test_audio_only_report_has_no_text_keys(
     generator: Generator, clip: FrozenClip, w_source: torch.Tensor
 ) -> None:
-    result = edit(generator, clip, _unit(3), w_source, dataclasses.replace(FAST, steps=2))
+    result = edit(generator, clip, unit_vector(3), w_source, dataclasses.replace(FAST, steps=2))
     assert result.report["text_mode"] is None and "clip_text_after" not in result.report
     assert "identity_similarity" not in result.report
     assert result.image.shape == result.source_image.shape == (1, 3, RES, RES)
     with pytest.raises(ValueError):
-        edit(generator, clip, _unit(3), w_source[:, :3], FAST)
+        edit(generator, clip, unit_vector(3), w_source[:, :3], FAST)
 
 
 def test_precision_and_compile_settings_are_checked() -> None:
@@ -256,9 +244,9 @@ def test_bf16_autocast_stays_within_35_db_of_fp32(
 ) -> None:
     """The GPU path's autocast, exercised on CPU: same edit, image PSNR >= 35 dB vs fp32."""
     config = dataclasses.replace(FAST, steps=5, lr=0.05, lambda_l2=0.008)
-    fp32 = optimize_latent(generator, clip, _unit(3), w_source, config)
+    fp32 = optimize_latent(generator, clip, unit_vector(3), w_source, config)
     bf16 = optimize_latent(
-        generator, clip, _unit(3), w_source, dataclasses.replace(config, precision="bf16")
+        generator, clip, unit_vector(3), w_source, dataclasses.replace(config, precision="bf16")
     )
     assert bf16.w.dtype == torch.float32 and bf16.image.dtype == torch.float32
     with torch.no_grad():
