@@ -138,7 +138,10 @@ class EditWorker(SimpleWorker):
                 outcomes = run_edits(batch)
         except Exception as exc:  # Redis failed us, or the time limit struck between edits
             for member in batch:
-                EditRun(member).fail(exc)
+                try:
+                    EditRun(member).fail(exc)
+                except Exception as also:  # RQ's bookkeeping below still marks it failed
+                    logger.warning("could not record the failure of %s: %s", member.id, also)
             outcomes = [exc] * len(batch)
         for member, execution, outcome in zip(batch, executions, outcomes, strict=True):
             if isinstance(outcome, Exception):

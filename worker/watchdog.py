@@ -27,9 +27,14 @@ ORPHAN_FILE_AGE_S = 3600.0  # files of an edit with no job record are removed af
 
 
 def requeue_abandoned(redis: Redis, queue: Queue, max_attempts: int) -> list[str]:
-    """Requeue (or fail, after ``max_attempts`` runs) running edits whose worker is gone."""
+    """Requeue (or fail, after ``max_attempts`` runs) running edits whose worker is gone.
+
+    The orphans go back to the front of the queue together, in their order, so that a batch
+    lost with its worker is found whole by the next worker to dequeue.
+    """
     registry = StartedJobRegistry(queue=queue)
-    recovered = []
+    recovered: list[str] = []
+    requeue: list[Job] = []
     for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
         job = fetch_edit(redis, job_id)
         if job is None or job.get_status(refresh=False) != JobStatus.STARTED:
@@ -39,20 +44,22 @@ def requeue_abandoned(redis: Redis, queue: Queue, max_attempts: int) -> list[str
         entry = f"{job_id}:{execution_id}" if execution_id else job_id
         if not redis.zrem(registry.key, entry):
             continue  # another worker got there first
+        recovered.append(job_id)
         attempts = int(job.meta.get("attempts", 1))
         if attempts >= max_attempts:
             _fail(job, queue, f"its worker died {attempts} times while running it")
-        else:
-            logger.warning(
-                "edit %s lost its worker %s; requeued (run %d)",
-                job_id,
-                job.worker_name,
-                attempts + 1,
-            )
-            job.meta.update(phase=Phase.queued, step=0)
-            job.save_meta()
-            queue.enqueue_job(job, at_front=True)
-        recovered.append(job_id)
+            continue
+        logger.warning(
+            "edit %s lost its worker %s; requeued (run %d)", job_id, job.worker_name, attempts + 1
+        )
+        job.meta.update(phase=Phase.queued, step=0)
+        job.save_meta()
+        requeue.append(job)
+    if requeue:
+        with redis.pipeline() as pipe:
+            for job in reversed(requeue):  # each goes to the front: the first ends up first
+                queue.enqueue_job(job, pipeline=pipe, at_front=True)
+            pipe.execute()
     return recovered
 
 

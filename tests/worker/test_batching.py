@@ -7,6 +7,8 @@ edit must come out as the same edit run alone (tolerances of tests/models/test_e
 from __future__ import annotations
 
 import io
+import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +117,26 @@ def test_canceling_one_edit_of_a_batch_leaves_the_others_running(
         assert finished["status"] == "succeeded"
         assert finished["metrics"]["batch_size"] == 3
         assert finished["progress"]["step"] == 150
+
+
+def test_a_batch_whose_worker_dies_is_run_again_by_another(
+    batch_api: str, batch_env: dict[str, str], logs: Path, late_worker: list[subprocess.Popen]
+) -> None:
+    edits = [submit(batch_api, "drill.wav", seed=str(seed), steps="60") for seed in (9, 10)]
+    victim = start_worker(batch_env, logs)
+    late_worker.append(victim)
+    client = httpx.Client(base_url=batch_api, timeout=10)
+
+    def all_editing() -> bool:
+        states = [client.get(f"/edits/{edit_id}").json() for edit_id in edits]
+        return all(s["progress"]["phase"] == "editing" for s in states)
+
+    wait_for(all_editing, 120, "the batch to start editing")
+    os.kill(victim.pid, signal.SIGKILL)
+    late_worker.append(start_worker(batch_env, logs))
+    for edit_id in edits:
+        state, _ = poll(batch_api, edit_id)
+        assert state["status"] == "succeeded", state
+        assert state["attempts"] == 2
+        assert state["metrics"]["batch_size"] == 2
+        assert state["progress"]["step"] == 60
