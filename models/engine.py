@@ -7,6 +7,7 @@ between profiles (smoke: seeded random weights of the same architectures).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from models.optimize import (
     EditCanceled,
     EditConfig,
     EditResult,
+    LatentOptimizer,
     Precision,
     StepInfo,
     edit_batch,
@@ -191,6 +193,18 @@ class EditEngine:
             f"{self.generator.n_latent} W+ layers, {identity}, on {self.device}, "
             f"{self.precision}" + (f", compiled ({self.compile_mode})" if self.compile_mode else "")
         )
+
+    def warm_up(self) -> float:
+        """One optimisation step on a seeded start, so that compilation (``compile_mode``) and
+        the device's lazy set-up happen before the first edit; returns its seconds."""
+        started = time.perf_counter()
+        config = self._config(EditOptions(steps=1, lr=0.01, lambda_l2=0.0, lambda_id=0.0))
+        target = torch.nn.functional.normalize(
+            torch.ones(1, self.clip.embed_dim, device=self.device), dim=-1
+        )  # (1, D): any direction does
+        w_source = start_from_seed(self.generator, seed=0)
+        LatentOptimizer(self.generator, self.clip, target, w_source, config).step()
+        return time.perf_counter() - started
 
     @torch.no_grad()
     def embed_audio(self, audio: bytes, offset_s: float = 0.0) -> Tensor:

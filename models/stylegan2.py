@@ -268,6 +268,7 @@ def conv3x3(x: Tensor, weight: Tensor, winograd: bool, flipped: Tensor | None = 
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and nnpack_available()
+        and not torch.compiler.is_compiling()  # NNPACK has no fake-tensor kernel for tracing
     ):
         out: Tensor = _Winograd3x3.apply(x, weight, flipped)
         return out

@@ -53,4 +53,9 @@ def engine() -> EditEngine:
             )
             model_loads += 1
             logger.info("models loaded (load #%d): %s", model_loads, _engine.describe())
+            if _engine.compile_mode is not None:
+                logger.info(
+                    "compiling the generator (%s) before the first edit", current.compile_mode
+                )
+                logger.info("compiled in %.1f s", _engine.warm_up())
         return _engine

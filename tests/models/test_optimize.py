@@ -11,19 +11,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from models.audio_encoder import random_audio_encoder
 from models.clip import FrozenClip, clip_loss
+from models.engine import EditEngine
 from models.identity import IdentityLoss
 from models.optimize import (
     EditCanceled,
     EditConfig,
     StepInfo,
+    _synthesis_fn,
     edit,
     lr_schedule,
     mix_latents,
     optimize_latent,
     start_from_seed,
 )
-from models.stylegan2 import Generator
+from models.profiles import PROFILES
+from models.stylegan2 import Generator, random_generator
 from tests.conftest import GOLDEN
 from tests.models.conftest import SMALL_RES, unit_vector
 
@@ -253,6 +257,36 @@ def test_bf16_autocast_stays_within_35_db_of_fp32(
         source = generator.synthesis(w_source)
     assert _psnr(fp32.image, source) < 30  # the edit changed the image ...
     assert _psnr(bf16.image, fp32.image) >= 35  # ... and bf16 lands where fp32 does
+
+
+# Compiled vs eager, after 4 steps. Inductor's convolutions round differently from NNPACK's
+# Winograd, and Adam turns rounding-level gradients into steps of up to lr (see test_batched).
+COMPILE_W_REL_TOL = 0.03  # ||w_compiled - w_eager|| / ||w_eager - w_source||
+COMPILE_IMAGE_TOL = 2e-2  # max pixel difference in [-1, 1]
+
+
+@pytest.mark.slow
+def test_compiled_generator_edits_like_eager(clip: FrozenClip) -> None:
+    """``compile_mode`` (torch.compile, inductor) on a small generator: tracing must route
+    around ops it cannot trace (NNPACK), and the compiled edit must land where eager does."""
+    generator = random_generator(32, 64, seed=1)  # 32 px x 64 channels: NNPACK territory
+    w_source = start_from_seed(generator, seed=5)
+    config = dataclasses.replace(FAST, steps=4, lambda_l2=0.008)
+    eager = optimize_latent(generator, clip, unit_vector(3), w_source, config)
+    compiled_config = dataclasses.replace(config, compile_mode="default")
+    compiled = optimize_latent(generator, clip, unit_vector(3), w_source, compiled_config)
+    moved = float((eager.w - w_source).norm())
+    assert moved > 0.1  # the edit moved
+    assert float((compiled.w - eager.w).norm()) <= COMPILE_W_REL_TOL * moved
+    assert float((compiled.image - eager.image).abs().max()) <= COMPILE_IMAGE_TOL
+    kept = _synthesis_fn(generator, "default")
+    assert kept is _synthesis_fn(generator, "default")  # later edits reuse the compiled graph
+    assert kept is not generator.synthesis
+    engine = EditEngine(
+        PROFILES["smoke"], generator, clip, random_audio_encoder(seed=0), None,
+        torch.device("cpu"), compile_mode="default",
+    )  # fmt: skip
+    assert engine.warm_up() > 0  # what a worker runs at start with SOUNDEDIT_COMPILE_MODE set
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
