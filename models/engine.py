@@ -380,6 +380,12 @@ class EditEngine:
                 on_step=progress,
                 should_cancel=canceled,
             )
+            return [
+                result
+                if isinstance(result, EditCanceled)
+                else self._finish(start, result, options, len(batch))
+                for (_, start), result in zip(batch, results, strict=True)
+            ]
         except torch.OutOfMemoryError:
             if len(batch) == 1:
                 raise
@@ -390,12 +396,6 @@ class EditEngine:
             return [
                 outcome for item in batch for outcome in self._optimize([item], options, config)
             ]
-        return [
-            result
-            if isinstance(result, EditCanceled)
-            else self._finish(start, result, options, len(batch))
-            for (_, start), result in zip(batch, results, strict=True)
-        ]
 
     def _finish(
         self, start: _Start, result: EditResult, options: EditOptions, batch_size: int

@@ -614,6 +614,8 @@ def edit_batch(
     ) -> dict[int, Tensor]:
         """One optimisation of ``edits``: the final (1, n_latent, w_dim) latent of each edit
         not canceled, by edit index; the canceled ones' outcomes are recorded."""
+        if not edits:  # every edit was canceled in the sound run
+            return {}
 
         def report_step(info: StepInfo) -> None:
             assert on_step is not None

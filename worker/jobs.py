@@ -34,35 +34,44 @@ logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.25  # at most this often a progress write to Redis
 
-Outcome = dict[str, Any] | Exception  # an edit's report, or what it failed with
+Outcome = dict[str, Any] | BaseException  # an edit's report, or what it failed with
 
 
 class EditInputError(ValueError):
     """The inputs passed the API's checks but the models cannot use them."""
 
 
+class EditTimeout(BaseException):
+    """A batch ran past its time limit (``EditWorker``'s alarm raises it).
+
+    Not an ``Exception``: no handler of a single edit may take it for that edit's own failure
+    and go on; it ends the whole batch, whose unfinished edits then fail with a 504.
+    """
+
+
 def run_edit(payload: dict[str, Any]) -> dict[str, Any]:
     """One edit end to end; returns the quality report (also stored as ``report.json``).
 
-    ``payload`` is the job's ``EditJob``; ``run_edits`` reads it from the current job.
+    ``payload`` is the job's ``EditJob``; ``EditRun`` reads it from the current job.
     """
     job = get_current_job()
     if job is None:
         raise RuntimeError("run_edit runs inside an RQ job")
-    (outcome,) = run_edits([job])
-    if isinstance(outcome, Exception):
-        raise outcome
-    return outcome
+    run = EditRun(job)
+    run_edits([run])
+    if isinstance(run.outcome, BaseException):
+        raise run.outcome
+    assert run.outcome is not None
+    return run.outcome
 
 
-def run_edits(batch: Sequence[Job]) -> list[Outcome]:
-    """Run edits, those sharing optimiser settings as one batch; one outcome per job, in order.
+def run_edits(runs: Sequence[EditRun]) -> None:
+    """Run edits, those sharing optimiser settings as one batch; each ``run.outcome`` is set.
 
     A canceled edit's outcome is a report ``{"canceled": true, ...}``; a failed one's is its
     exception, already recorded in the job's metadata as a problem object.
     """
     engine = runtime.engine()
-    runs = [EditRun(job) for job in batch]
     requests = {i: request for i, run in enumerate(runs) if (request := run.start(engine))}
     groups: dict[EditOptions, list[int]] = {}
     for i in requests:
@@ -70,14 +79,15 @@ def run_edits(batch: Sequence[Job]) -> list[Outcome]:
         assert options is not None
         groups.setdefault(options, []).append(i)
     for options, members in groups.items():
-        metrics.observe(batch[members[0]].connection, "batch_edits", len(members))
+        metrics.observe(runs[members[0]].redis, "batch_edits", len(members))
         try:
-            outputs = engine.edit_batch([requests[i] for i in members], options)
-        except Exception as exc:  # the batch as a whole: its time limit, say
+            outputs: list[EditOutput | Exception] = engine.edit_batch(
+                [requests[i] for i in members], options
+            )
+        except Exception as exc:  # the group's own failure (out of memory for one edit)
             outputs = [exc] * len(members)
         for i, output in zip(members, outputs, strict=True):
             runs[i].finish(output)
-    return [run.outcome for run in runs]
 
 
 class EditRun:
@@ -91,7 +101,7 @@ class EditRun:
         self.last_write = 0.0
         self.last_step_at = self.started
         self.previews = 0
-        self.outcome: Outcome = RuntimeError("the edit never ran")
+        self.outcome: Outcome | None = None  # set when the edit ends
         self.request: EditJob | None = None
         self.options: EditOptions | None = None  # set by start(); edits batch on equal options
 
@@ -117,6 +127,8 @@ class EditRun:
         return True
 
     def _report_canceled(self) -> None:
+        if not self.meta.get("canceled"):  # the API reports an edit canceled while queued
+            self.meta = self.job.get_meta(refresh=True)
         if not self.meta.get("canceled"):
             logger.info("edit %s canceled at step %s", self.job.id, self.meta.get("step", 0))
             self.save(Phase.done, force=True, canceled=True)
@@ -144,7 +156,7 @@ class EditRun:
                 lr=params.lr,
                 lambda_l2=params.lambda_l2,
                 lambda_id=params.lambda_id,
-                text_mode=params.text_mode,
+                text_mode=params.text_mode if request.text else "mix",  # unused without text
             )
             return self._engine_request(request)
         except Exception as exc:
@@ -212,10 +224,11 @@ class EditRun:
         self.event("succeeded", status="succeeded", metrics=output.report)
         self.outcome = output.report
 
-    def fail(self, exc: Exception) -> None:
+    def fail(self, exc: BaseException) -> None:
         """Record ``exc`` as this edit's problem (a 422 for inputs the models cannot use)."""
         if isinstance(exc, ValueError) and not isinstance(exc, EditInputError):
             exc = EditInputError(str(exc))  # undecodable audio, no face found, a wrong shape
+        self.outcome = exc
         kind, status, detail = _classify(exc)
         if status >= 500:
             logger.error("edit %s failed", self.job.id, exc_info=exc)
@@ -223,7 +236,6 @@ class EditRun:
         self.save(Phase.done, force=True, error=error)
         self.event("failed", status="failed", error=error)
         metrics.count_failure(self.redis, kind)
-        self.outcome = exc
 
     def _store(self, output: EditOutput) -> None:
         assert self.request is not None
@@ -242,7 +254,7 @@ class EditRun:
             store.put(edit_key(self.request.edit_id, name), data)
 
 
-def _classify(exc: Exception) -> tuple[str, int, str]:
+def _classify(exc: BaseException) -> tuple[str, int, str]:
     """(problem slug, status, detail) for what made an edit fail."""
     if isinstance(exc, EditInputError):
         return "invalid-edit-input", 422, str(exc)
@@ -254,7 +266,7 @@ def _classify(exc: Exception) -> tuple[str, int, str]:
             507,
             "the GPU ran out of memory for this edit; try fewer steps or a smaller profile",
         )
-    if type(exc).__name__ == "JobTimeoutException":
+    if isinstance(exc, EditTimeout) or type(exc).__name__ == "JobTimeoutException":
         return "timeout", 504, f"the edit ran past the server's time limit: {exc}"
     return "edit-failed", 500, f"{type(exc).__name__}: {exc}"
 

@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rq import Queue, SimpleWorker
+from rq.executions import Execution
 from rq.job import Job
 from rq.serializers import JSONSerializer
-from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import WorkerStatus
 
@@ -30,7 +30,7 @@ from app.queue import WORKER_KEY_PREFIX, connect, edit_queue
 from app.settings import Settings
 from worker import runtime
 from worker.batching import take_companions
-from worker.jobs import EditRun, Outcome, run_edits
+from worker.jobs import EditRun, EditTimeout, run_edits
 from worker.watchdog import remove_expired_files, requeue_abandoned
 
 logger = logging.getLogger(__name__)
@@ -127,29 +127,39 @@ class EditWorker(SimpleWorker):
         result); the batch runs under the longest time limit of its edits.
         """
         batch = [job, *take_companions(queue, job, self.max_batch - 1)]
+        runs = [EditRun(member) for member in batch]
         executions = [self.prepare_execution(member) for member in batch]
-        outcomes: list[Outcome]
         try:
             for member in batch:
                 self.prepare_job_execution(member, remove_from_intermediate_queue=True)
                 member.started_at = now()
             limit = max(member.timeout or Queue.DEFAULT_TIMEOUT for member in batch)
-            with self.death_penalty_class(limit, JobTimeoutException, job_id=job.id):
-                outcomes = run_edits(batch)
-        except Exception as exc:  # Redis failed us, or the time limit struck between edits
-            for member in batch:
-                try:
-                    EditRun(member).fail(exc)
-                except Exception as also:  # RQ's bookkeeping below still marks it failed
-                    logger.warning("could not record the failure of %s: %s", member.id, also)
-            outcomes = [exc] * len(batch)
-        for member, execution, outcome in zip(batch, executions, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                info = (type(outcome), outcome, outcome.__traceback__)
-                self._finalize_failure(member, queue, execution, info)
-            else:
-                self._finalize_success(member, queue, execution, outcome)
+            with self.death_penalty_class(limit, EditTimeout, job_id=job.id):
+                run_edits(runs)
+        except (Exception, EditTimeout) as exc:  # the time limit, or Redis failing us
+            for run in runs:
+                if run.outcome is None:  # edits that ended already keep their outcome
+                    try:
+                        run.fail(exc)
+                    except Exception as also:  # RQ's bookkeeping below still marks it failed
+                        logger.warning("could not record the failure of %s: %s", run.job.id, also)
+                        run.outcome = exc
+        for run, execution in zip(runs, executions, strict=True):
+            self._finalize(run, queue, execution)
         self.set_state(WorkerStatus.IDLE)
+
+    def _finalize(self, run: EditRun, queue: Queue, execution: Execution) -> None:
+        """RQ's end of one edit: its result, or its failure. A Redis error here is logged, so
+        that the other edits of the batch are still finalised and the worker goes on."""
+        outcome = run.outcome if run.outcome is not None else RuntimeError("the edit never ended")
+        try:
+            if isinstance(outcome, BaseException):
+                info = (type(outcome), outcome, outcome.__traceback__)
+                self._finalize_failure(run.job, queue, execution, info)
+            else:
+                self._finalize_success(run.job, queue, execution, outcome)
+        except Exception:
+            logger.exception("could not record the end of edit %s", run.job.id)
 
     def handle_job_success(self, *args: Any, **kwargs: Any) -> None:
         self.jobs_done += 1

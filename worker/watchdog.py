@@ -12,6 +12,8 @@ import logging
 import time
 
 from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import WatchError
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
@@ -29,54 +31,56 @@ ORPHAN_FILE_AGE_S = 3600.0  # files of an edit with no job record are removed af
 def requeue_abandoned(redis: Redis, queue: Queue, max_attempts: int) -> list[str]:
     """Requeue (or fail, after ``max_attempts`` runs) running edits whose worker is gone.
 
-    The orphans go back to the front of the queue together, in their order, so that a batch
-    lost with its worker is found whole by the next worker to dequeue.
+    One transaction takes every orphan out of the started registry and puts it back at the
+    front of the queue (in order) or among the failed: no orphan is lost half-way, two
+    watchdogs never both recover one, and a batch lost with its worker is found whole by the
+    next worker to dequeue.
     """
     registry = StartedJobRegistry(queue=queue)
-    recovered: list[str] = []
-    requeue: list[Job] = []
+    orphans: list[tuple[Job, str]] = []  # (job, its registry entry)
     for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
         job = fetch_edit(redis, job_id)
         if job is None or job.get_status(refresh=False) != JobStatus.STARTED:
             continue
         if job.worker_name and redis.exists(WORKER_KEY_PREFIX + job.worker_name):
             continue  # its worker is alive
-        entry = f"{job_id}:{execution_id}" if execution_id else job_id
-        if not redis.zrem(registry.key, entry):
-            continue  # another worker got there first
-        recovered.append(job_id)
-        attempts = int(job.meta.get("attempts", 1))
-        if attempts >= max_attempts:
-            _fail(job, queue, f"its worker died {attempts} times while running it")
-            continue
-        logger.warning(
-            "edit %s lost its worker %s; requeued (run %d)", job_id, job.worker_name, attempts + 1
-        )
-        job.meta.update(phase=Phase.queued, step=0)
-        job.save_meta()
-        requeue.append(job)
-    if requeue:
-        with redis.pipeline() as pipe:
-            for job in reversed(requeue):  # each goes to the front: the first ends up first
-                queue.enqueue_job(job, pipeline=pipe, at_front=True)
+        orphans.append((job, f"{job_id}:{execution_id}" if execution_id else job_id))
+    if not orphans:
+        return []
+    with redis.pipeline() as pipe:
+        pipe.watch(registry.key)
+        if any(pipe.zscore(registry.key, entry) is None for _, entry in orphans):
+            return []  # another worker is recovering them
+        pipe.multi()
+        for job, entry in reversed(orphans):  # each goes to the front: the first ends up first
+            pipe.zrem(registry.key, entry)
+            attempts = int(job.meta.get("attempts", 1))
+            if attempts >= max_attempts:
+                _fail(job, queue, f"its worker died {attempts} times while running it", pipe)
+                continue
+            job.meta.update(phase=Phase.queued, step=0)
+            queue.enqueue_job(job, pipeline=pipe, at_front=True)  # saves the meta too
+        try:
             pipe.execute()
-    return recovered
+        except WatchError:
+            return []  # the registry changed meanwhile; the next round looks again
+    for job, _ in orphans:
+        logger.warning("edit %s lost its worker %s; recovered", job.id, job.worker_name)
+    return [job.id for job, _ in orphans]
 
 
-def _fail(job: Job, queue: Queue, reason: str) -> None:
+def _fail(job: Job, queue: Queue, reason: str, pipe: Pipeline) -> None:
     job.meta.update(
         phase=Phase.done,
         error=problem_body(
             500, "worker-lost", f"the edit was given up: {reason}", title="Edit failed"
         ),
     )
-    job.save_meta()
-    with job.connection.pipeline() as pipe:
-        job.set_status(JobStatus.FAILED, pipeline=pipe)
-        FailedJobRegistry(queue=queue).add(
-            job, ttl=job.failure_ttl or -1, exc_string=reason, pipeline=pipe
-        )
-        pipe.execute()
+    job.set_status(JobStatus.FAILED, pipeline=pipe)
+    job.save(pipeline=pipe)
+    FailedJobRegistry(queue=queue).add(
+        job, ttl=job.failure_ttl or -1, exc_string=reason, pipeline=pipe
+    )
 
 
 def remove_expired_files(

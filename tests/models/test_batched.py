@@ -226,6 +226,20 @@ def test_a_mix_edit_canceled_in_its_sound_run_skips_its_text_run(
     assert survivor.report["runs"] == 2
 
 
+def test_a_mix_edit_canceled_in_its_sound_run_is_canceled(
+    generator: Generator, clip: FrozenClip
+) -> None:
+    config = dataclasses.replace(CONFIG, text_mode="mix")
+    steps: list[int] = []
+    with pytest.raises(EditCanceled) as stopped:
+        edit(
+            generator, clip, unit_vector(3), _sources(generator, (5,)), config,
+            text_emb=unit_vector(8), on_step=lambda info: steps.append(info.step),
+            should_cancel=lambda: len(steps) == 1,
+        )  # fmt: skip
+    assert (stopped.value.step, stopped.value.phase) == (1, "audio")
+
+
 @pytest.mark.parametrize("text_mode", ["mix", "sum"])
 def test_edit_batch_equals_edit(generator64: Generator, clip64: FrozenClip, text_mode: str) -> None:
     config = dataclasses.replace(CONFIG, steps=3, text_mode=text_mode)  # type: ignore[arg-type]

@@ -140,3 +140,24 @@ def test_a_batch_whose_worker_dies_is_run_again_by_another(
         assert state["attempts"] == 2
         assert state["metrics"]["batch_size"] == 2
         assert state["progress"]["step"] == 60
+
+
+def test_a_batch_past_its_time_limit_fails_whole_and_the_worker_goes_on(
+    batch_env: dict[str, str], logs: Path, late_worker: list[subprocess.Popen]
+) -> None:
+    env = {**batch_env, "SOUNDEDIT_QUEUE_NAME": "batched-timeout", "SOUNDEDIT_JOB_TIMEOUT_S": "3"}
+    api, api_url = start_api(env, logs)
+    try:
+        slow = [submit(api_url, "fire.wav", seed=str(seed), steps="1000") for seed in (11, 12)]
+        quick = submit(api_url, "fire.wav", seed="13", steps="2")
+        late_worker.append(start_worker(env, logs))
+        for edit_id in slow:
+            state, _ = poll(api_url, edit_id)
+            assert state["status"] == "failed", state
+            assert state["error"]["status"] == 504
+            assert state["error"]["type"].endswith("/timeout")
+            assert state["progress"]["step"] < 1000
+        state, _ = poll(api_url, quick)
+        assert state["status"] == "succeeded", state
+    finally:
+        stop(api)
