@@ -37,7 +37,9 @@ def register(commands: Any) -> None:
         "worker",
         help="run one edit worker: loads the models once, then serves its profile's queue",
         description="One worker per GPU (select it with CUDA_VISIBLE_DEVICES). The model profile "
-        "comes from SOUNDEDIT_PROFILE (default auto: the best one whose weights are cached).",
+        "comes from SOUNDEDIT_PROFILE (default auto: the best one whose weights are cached). "
+        "Compatible queued edits run as one batch of up to SOUNDEDIT_MAX_BATCH (default 8 on a "
+        "GPU, 1 on a CPU).",
     )
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.set_defaults(func=run_worker)

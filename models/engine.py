@@ -344,7 +344,7 @@ class EditEngine:
         if request.text:
             with torch.no_grad():
                 text_emb = self.clip.encode_text([request.text])  # (1, D)
-        steps = request.inversion_steps or options.steps if photo is not None else None
+        steps = (request.inversion_steps or options.steps) if photo is not None else None
         return _Start(audio_emb, text_emb, w_source, photo, steps)
 
     def _optimize(
